@@ -1,0 +1,139 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything the serve command is told.
+type config struct {
+	addr        string
+	redisURL    string
+	secret      string
+	prefix      string
+	replica     string
+	origins     []string
+	devPublic   bool
+	drainDelay  time.Duration
+	drainWindow time.Duration
+	rate        float64
+	burst       int
+	maxConns    int
+	maxPerUser  int
+	queue       int
+	presenceTTL time.Duration
+	logFormat   string
+	logLevel    string
+	showVersion bool
+}
+
+// errHelp is returned after -h printed the usage.
+var errHelp = flag.ErrHelp
+
+func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		if v := getenv(name); v != "" {
+			if d, err := time.ParseDuration(v); err == nil {
+				return d
+			}
+		}
+		return def
+	}
+	num := func(name string, def int) int {
+		if v := getenv(name); v != "" {
+			if n, err := strconv.Atoi(v); err == nil {
+				return n
+			}
+		}
+		return def
+	}
+	fs.StringVar(&c.addr, "addr", env("CHAT_ADDR", "localhost:8080"), "listen address `host:port` (env CHAT_ADDR)")
+	fs.StringVar(&c.redisURL, "redis", env("REDIS_URL", ""), "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
+	fs.StringVar(&c.secret, "secret", env("CHAT_SECRET", ""), "HS256 `secret` that signs client tokens (env CHAT_SECRET); empty is dev mode: clients name themselves with ?user=")
+	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.replica, "replica", env("CHAT_REPLICA", sanitizeReplica(host)), "this replica's `name`, unique among replicas on one Redis (env CHAT_REPLICA)")
+	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin host `patterns` allowed besides the server's own host, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
+	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address (env CHAT_DEV_PUBLIC=1)")
+	fs.DurationVar(&c.drainDelay, "drain-delay", dur("CHAT_DRAIN_DELAY", 5*time.Second), "on SIGTERM, how long /readyz answers 503 before sockets are closed (env CHAT_DRAIN_DELAY)")
+	fs.DurationVar(&c.drainWindow, "drain-window", dur("CHAT_DRAIN_WINDOW", 10*time.Second), "on SIGTERM, the window over which sockets are closed with 1012 (env CHAT_DRAIN_WINDOW)")
+	fs.Float64Var(&c.rate, "rate", 20, "frames per second each socket may send, sustained")
+	fs.IntVar(&c.burst, "burst", 40, "frames each socket may send in a burst")
+	fs.IntVar(&c.maxConns, "max-conns", num("CHAT_MAX_CONNS", 10000), "most sockets on this replica (env CHAT_MAX_CONNS)")
+	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica")
+	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
+	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
+	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
+	fs.StringVar(&c.logLevel, "log-level", env("CHAT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env CHAT_LOG_LEVEL)")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "chatd %s: a real-time chat server on Redis.\n\nUsage:\n  chatd [flags]                 serve\n  chatd token -user ID [-ttl D] print a client token (uses -secret or CHAT_SECRET)\n  chatd health [-url URL]       exit 0 when the local replica is ready\n  chatd version                 print the version\n\nFlags:\n", version)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (see chatd -h)", fs.Arg(0))
+	}
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.origins = append(c.origins, o)
+		}
+	}
+	if c.secret == "" && !c.devPublic && !loopback(c.addr) {
+		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +
+			"so it only listens on loopback; set -secret, or -dev-public to accept that risk")
+	}
+	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 {
+		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user and -queue must be positive")
+	}
+	return c, nil
+}
+
+// loopback reports whether addr only listens on a loopback interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// sanitizeReplica turns a host name into a valid replica name.
+func sanitizeReplica(s string) string {
+	b := []byte(s)
+	for i, ch := range b {
+		ok := ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || strings.IndexByte("_.@-", ch) >= 0
+		if !ok {
+			b[i] = '-'
+		}
+	}
+	if len(b) == 0 {
+		return "chatd"
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/hub"
+	"github.com/chatd/chatd/presence"
+	"github.com/chatd/chatd/store"
+	"github.com/chatd/chatd/web"
+)
+
+var (
+	_ hub.Store         = (*store.Store)(nil)
+	_ hub.Presence      = (*presence.Tracker)(nil)
+	_ hub.Authenticator = (*auth.Verifier)(nil)
+	_ presence.Backend  = (*store.Store)(nil)
+	_ store.Events      = (*hub.Hub)(nil)
+)
+
+// canaryInterval is how often the replica proves its pub/sub link; the
+// replica is not ready when no canary came back for 3 intervals.
+const canaryInterval = 2 * time.Second
+
+func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.logFormat
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				format = "text"
+			}
+		}
+	}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want text, json or auto", cfg.logFormat)
+}
+
+// serve runs the server until ctx ends, then drains.
+func serve(ctx context.Context, cfg config, stderr io.Writer) error {
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	if err := store.ValidateReplica(cfg.replica); err != nil {
+		return fmt.Errorf("-replica: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := hub.NewMetrics(reg)
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "chatd_build_info", Help: "Always 1; labels name the build.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	reg.MustRegister(build)
+
+	rdb, redisName, stopRedis, err := openRedis(cfg.redisURL)
+	if err != nil {
+		return err
+	}
+	defer stopRedis()
+	defer rdb.Close()
+	rdb.AddHook(latencyHook{metrics.RedisLatency})
+
+	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log})
+	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL, Logger: log})
+	if err != nil {
+		return err
+	}
+	verifier := auth.New(cfg.secret, store.ValidateUser)
+	h := hub.New(hub.Config{
+		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
+		QueueSize: cfg.queue, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
+		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
+	})
+	sub := st.Subscribe(cfg.replica, resyncCounter{h, metrics})
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	mode := "token (HS256)"
+	if verifier.Dev() {
+		mode = "dev (?user=, no authentication)"
+	}
+	log.Info("chatd starting", "version", version, "addr", ln.Addr().String(), "redis", redisName,
+		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix)
+	if verifier.Dev() && !loopback(cfg.addr) {
+		log.Warn("DEV MODE ON A PUBLIC ADDRESS: anyone who can reach " + ln.Addr().String() + " can read and send as any user")
+	}
+
+	// Background work lives until bg is cancelled, after the sockets are gone.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	defer func() { stopBG(); wg.Wait() }()
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := sub.Run(bg); err != nil {
+			log.Error("pub/sub stopped", "err", err)
+		}
+	}()
+	go func() { defer wg.Done(); _ = tracker.Run(bg) }()
+	go func() { defer wg.Done(); canaryLoop(bg, sub, metrics, log) }()
+
+	select {
+	case <-sub.Ready():
+	case <-time.After(10 * time.Second):
+		ln.Close()
+		return errors.New("pub/sub did not subscribe within 10s: is Redis reachable?")
+	case <-ctx.Done():
+		ln.Close()
+		return nil
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /", web.Handler())
+	mux.Handle("/ws", h)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if why := notReady(r.Context(), h, st, sub); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	log.Info("draining", "delay", cfg.drainDelay, "window", cfg.drainWindow, "sockets", h.Len())
+	h.StartDrain()
+	time.Sleep(cfg.drainDelay)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.drainWindow+15*time.Second)
+	defer cancel()
+	if err := h.Shutdown(sctx, cfg.drainWindow); err != nil {
+		log.Warn("sockets did not all close in time", "err", err)
+	}
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// notReady says why the replica should not get new clients, or "".
+func notReady(ctx context.Context, h *hub.Hub, st *store.Store, sub *store.Subscriber) string {
+	if h.Draining() {
+		return "draining"
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err != nil {
+		return "redis does not answer"
+	}
+	if time.Since(sub.LastCanary()) > 3*canaryInterval {
+		return "pub/sub canary has not come back"
+	}
+	return ""
+}
+
+// canaryLoop proves the pub/sub link every canaryInterval.
+func canaryLoop(ctx context.Context, sub *store.Subscriber, m *hub.Metrics, log *slog.Logger) {
+	select {
+	case <-sub.Ready():
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(canaryInterval)
+	defer t.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, canaryInterval)
+		rtt, err := sub.Canary(cctx)
+		cancel()
+		if err == nil {
+			m.CanaryRTT.Observe(rtt.Seconds())
+		} else if ctx.Err() == nil {
+			log.Warn("pub/sub canary did not come back", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// resyncCounter counts pub/sub restorations on their way to the hub.
+type resyncCounter struct {
+	*hub.Hub
+	m *hub.Metrics
+}
+
+func (r resyncCounter) Resync() {
+	r.m.PubSubRestarts.Inc()
+	r.Hub.Resync()
+}
+
+// openRedis connects to url, or starts an embedded in-memory Redis when url
+// is empty. It returns a name for the log without credentials.
+func openRedis(url string) (redis.UniversalClient, string, func(), error) {
+	if url == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, "", nil, fmt.Errorf("embedded redis: %w", err)
+		}
+		// miniredis only expires keys when told time passed: tell it.
+		done := make(chan struct{})
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			last := time.Now()
+			for {
+				select {
+				case <-done:
+					return
+				case now := <-t.C:
+					mr.FastForward(now.Sub(last))
+					last = now
+				}
+			}
+		}()
+		stop := func() { close(done); <-stopped; mr.Close() }
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		return rdb, "embedded (in memory, nothing is kept; use -redis for a real Redis)", stop, nil
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("-redis: %w", err)
+	}
+	name := opt.Addr + "/" + fmt.Sprint(opt.DB)
+	if i := strings.Index(url, "://"); i > 0 {
+		name = url[:i] + "://" + name
+	}
+	return redis.NewClient(opt), name, func() {}, nil
+}
+
+// latencyHook times every Redis command into a histogram.
+type latencyHook struct{ h *prometheus.HistogramVec }
+
+func (latencyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (l latencyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		l.h.WithLabelValues(commandLabel(cmd.Name())).Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+func (l latencyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		l.h.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+// commandLabel keeps the label set small and fixed.
+func commandLabel(name string) string {
+	switch name {
+	case "evalsha", "eval", "ping", "publish", "hgetall", "script":
+		return name
+	}
+	return "other"
+}

@@ -1,0 +1,436 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/chatd/chatd/store"
+)
+
+// outItem is one queued frame; stored is when a message was stored, for
+// the delivery latency metric.
+type outItem struct {
+	frame  []byte
+	stored time.Time
+}
+
+// conn is one WebSocket. The handler goroutine reads and answers frames;
+// the writer goroutine owns every write after "ready".
+type conn struct {
+	h       *Hub
+	ws      *websocket.Conn // set under h.mu
+	user    string
+	id      string // presence member; set under h.mu
+	out     chan outItem
+	limiter *rate.Limiter
+
+	// watching is guarded by h.mu.
+	watching map[string]struct{}
+
+	quit      chan struct{}
+	quitOnce  sync.Once
+	quitCode  websocket.StatusCode
+	quitWhy   string
+	busy      sync.Mutex  // held while a request is answered
+	closing   atomic.Bool // no new request is answered
+	lastHeard atomic.Int64
+}
+
+func (c *conn) touch() { c.lastHeard.Store(time.Now().UnixNano()) }
+
+// enqueue queues a frame without blocking; a full queue closes the socket.
+func (c *conn) enqueue(it outItem) {
+	select {
+	case c.out <- it:
+	default:
+		c.h.m.slowConsumer()
+		c.shutdown(websocket.StatusPolicyViolation, "slow consumer: outbound queue full")
+	}
+}
+
+// shutdown asks the writer to close the socket with code; the first call wins.
+func (c *conn) shutdown(code websocket.StatusCode, why string) {
+	c.quitOnce.Do(func() {
+		c.quitCode, c.quitWhy = code, why
+		close(c.quit)
+	})
+}
+
+// run sets the connection up, then reads until it ends. It returns only
+// after the writer has ended and the presence entry is gone.
+func (c *conn) run(parent context.Context) {
+	h := c.h
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	defer cancel()
+	defer c.ws.CloseNow()
+	c.touch()
+
+	opCtx, opCancel := context.WithTimeout(ctx, h.cfg.OpTimeout)
+	id, err := h.cfg.Presence.Add(opCtx, c.user)
+	opCancel()
+	if err != nil {
+		h.log.Error("presence add failed", "user", c.user, "err", err)
+		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
+		return
+	}
+	h.setID(c, id)
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), h.cfg.OpTimeout)
+		defer rcancel()
+		if err := h.cfg.Presence.Remove(rctx, c.user, id); err != nil {
+			h.log.Warn("presence remove failed; the entry expires by itself", "user", c.user, "err", err)
+		}
+	}()
+
+	opCtx, opCancel = context.WithTimeout(ctx, h.cfg.OpTimeout)
+	unread, err := h.cfg.Store.Unread(opCtx, c.user)
+	opCancel()
+	if err != nil {
+		h.log.Error("unread failed", "user", c.user, "err", err)
+		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
+		return
+	}
+	wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+	err = c.ws.Write(wctx, websocket.MessageText,
+		encode(readyFrame{Type: "ready", User: c.user, Replica: h.cfg.Replica, Unread: unread}))
+	wcancel()
+	if err != nil {
+		return
+	}
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop(ctx)
+	}()
+	err = c.readLoop(ctx)
+	cancel()
+	<-writerDone
+	if err != nil && !isNormalClose(err) && websocket.CloseStatus(err) == -1 {
+		h.log.Debug("socket ended", "user", c.user, "err", err)
+	}
+}
+
+// writeLoop writes queued frames, pings a silent peer, and closes the
+// socket when asked to.
+func (c *conn) writeLoop(ctx context.Context) {
+	h := c.h
+	tick := time.NewTicker(h.cfg.PingInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-c.out:
+			if !c.write(ctx, it) {
+				return
+			}
+		case <-c.quit:
+			if c.quitCode == websocket.StatusServiceRestart {
+				// Finish the request in flight and flush its reply first.
+				c.closing.Store(true)
+				c.busy.Lock()
+				c.busy.Unlock() //nolint:staticcheck // an empty section waits for the reader
+				for n := len(c.out); n > 0; n-- {
+					if !c.write(ctx, <-c.out) {
+						return
+					}
+				}
+			}
+			c.ws.Close(c.quitCode, c.quitWhy)
+			return
+		case <-tick.C:
+			silent := time.Since(time.Unix(0, c.lastHeard.Load()))
+			if silent < h.cfg.PingInterval {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, h.cfg.PingInterval/2)
+			err := c.ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				c.ws.Close(websocket.StatusPolicyViolation, "no pong")
+				return
+			}
+		}
+	}
+}
+
+func (c *conn) write(ctx context.Context, it outItem) bool {
+	wctx, cancel := context.WithTimeout(ctx, c.h.cfg.WriteTimeout)
+	err := c.ws.Write(wctx, websocket.MessageText, it.frame)
+	cancel()
+	if err != nil {
+		c.ws.CloseNow()
+		return false
+	}
+	if !it.stored.IsZero() {
+		c.h.m.delivered(time.Since(it.stored))
+	}
+	return true
+}
+
+// readLoop reads and answers frames until the socket ends.
+func (c *conn) readLoop(ctx context.Context) error {
+	for {
+		typ, data, err := c.ws.Read(ctx)
+		if err != nil {
+			return err
+		}
+		c.touch()
+		c.busy.Lock()
+		if c.closing.Load() {
+			// The replica is draining: the client retries elsewhere.
+			c.busy.Unlock()
+			continue
+		}
+		c.handle(ctx, typ, data)
+		c.busy.Unlock()
+	}
+}
+
+// reply queues a frame answering the client.
+func (c *conn) reply(v any) { c.enqueue(outItem{frame: encode(v)}) }
+
+func (c *conn) fail(id, code, msg string) {
+	c.h.m.error(code)
+	c.reply(errorFrame{Type: "error", ID: id, Code: code, Message: msg})
+}
+
+// handle answers one client frame. Bad input gets an error frame; the
+// socket stays open.
+func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byte) {
+	if typ != websocket.MessageText {
+		c.fail("", CodeBadRequest, "frames must be text frames holding JSON")
+		return
+	}
+	if !utf8.Valid(data) {
+		c.fail("", CodeBadRequest, "frame is not valid UTF-8")
+		return
+	}
+	var f inFrame
+	if err := json.Unmarshal(data, &f); err != nil {
+		c.fail(lenientID(data), CodeBadRequest, "invalid JSON frame: "+err.Error())
+		return
+	}
+	id := ""
+	if f.ID != nil {
+		id = *f.ID
+	}
+	if r := c.limiter.Reserve(); r.Delay() > 0 {
+		wait := r.Delay()
+		r.Cancel()
+		c.h.m.rateLimited()
+		secs := math.Ceil(wait.Seconds()*1000) / 1000
+		c.h.m.error(CodeRateLimited)
+		c.reply(errorFrame{Type: "error", ID: id, Code: CodeRateLimited,
+			Message: "too many frames: slow down", RetryAfter: &secs})
+		return
+	}
+	c.h.m.frame(f.Type)
+	opCtx, cancel := context.WithTimeout(ctx, c.h.cfg.OpTimeout)
+	defer cancel()
+	switch f.Type {
+	case "send":
+		c.send(opCtx, id, &f)
+	case "history":
+		c.history(opCtx, id, &f)
+	case "read":
+		c.read(opCtx, id, &f)
+	case "inbox":
+		c.inbox(opCtx, id, &f)
+	case "presence":
+		c.presence(opCtx, id, &f)
+	case "typing":
+		c.typing(opCtx, id, &f)
+	case "ping":
+		c.reply(pongFrame{Type: "pong", ID: id})
+	case "":
+		c.fail(id, CodeBadRequest, `missing "type"`)
+	default:
+		c.fail(id, CodeBadRequest, fmt.Sprintf("unknown frame type %q", f.Type))
+	}
+}
+
+// lenientID digs the "id" out of a frame that did not decode, so the error
+// still names the request.
+func lenientID(data []byte) string {
+	var v struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(data, &v) != nil {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(v.ID, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+// checkUser validates a user id named in field of a frame.
+func (c *conn) checkUser(id, field, user string) bool {
+	if user == "" {
+		c.fail(id, CodeBadRequest, fmt.Sprintf("%q is required", field))
+		return false
+	}
+	if err := store.ValidateUser(user); err != nil {
+		c.fail(id, CodeBadRequest, fmt.Sprintf("%s: %v", field, err))
+		return false
+	}
+	return true
+}
+
+// storeFailed answers a failed Store call: bad input is the client's, the
+// rest is Redis being unavailable.
+func (c *conn) storeFailed(id, what string, err error) {
+	switch {
+	case errors.Is(err, store.ErrTooLarge):
+		c.fail(id, CodeTooLarge, trimErr(err))
+	case errors.Is(err, store.ErrInvalid):
+		c.fail(id, CodeBadRequest, trimErr(err))
+	default:
+		c.h.log.Error(what+" failed", "user", c.user, "err", err)
+		c.fail(id, CodeUnavailable, what+" failed: storage unavailable, retry with the same id")
+	}
+}
+
+// trimErr drops the package tag of a store validation error.
+func trimErr(err error) string {
+	s := err.Error()
+	for _, p := range []string{store.ErrInvalid.Error() + ": ", store.ErrTooLarge.Error() + ": "} {
+		if len(s) > len(p) && s[:len(p)] == p {
+			return s[len(p):]
+		}
+	}
+	return s
+}
+
+func (c *conn) send(ctx context.Context, id string, f *inFrame) {
+	if !c.checkUser(id, "to", f.To) {
+		return
+	}
+	if f.Text == nil {
+		c.fail(id, CodeBadRequest, `"text" is required`)
+		return
+	}
+	if f.ID != nil {
+		if err := store.ValidateClientID(id); err != nil {
+			c.fail(id, CodeBadRequest, trimErr(err))
+			return
+		}
+	}
+	msg, dup, err := c.h.cfg.Store.Send(ctx, store.SendRequest{
+		From: c.user, To: f.To, Text: *f.Text, ClientID: id, Origin: c.id,
+	})
+	if err != nil {
+		c.storeFailed(id, "send", err)
+		return
+	}
+	if !dup {
+		c.h.m.stored()
+	}
+	c.reply(sentFrame{Type: "sent", ID: id, Message: msg})
+}
+
+func (c *conn) history(ctx context.Context, id string, f *inFrame) {
+	if !c.checkUser(id, "with", f.With) {
+		return
+	}
+	var before int64
+	if f.Before != nil {
+		if *f.Before < 1 {
+			c.fail(id, CodeBadRequest, `"before" must be a seq of at least 1`)
+			return
+		}
+		before = *f.Before
+	}
+	limit := store.DefaultPageSize
+	if f.Limit != nil {
+		if *f.Limit < 1 || *f.Limit > store.MaxPageSize {
+			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, store.MaxPageSize))
+			return
+		}
+		limit = *f.Limit
+	}
+	page, err := c.h.cfg.Store.History(ctx, c.user, f.With, before, limit)
+	if err != nil {
+		c.storeFailed(id, "history", err)
+		return
+	}
+	c.reply(historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages,
+		Unread: page.Unread, More: page.More})
+}
+
+func (c *conn) read(ctx context.Context, id string, f *inFrame) {
+	if !c.checkUser(id, "with", f.With) {
+		return
+	}
+	if _, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, c.id); err != nil {
+		c.storeFailed(id, "read", err)
+		return
+	}
+	c.reply(readFrame{Type: "read", ID: id, With: f.With})
+}
+
+func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
+	limit := store.DefaultInboxSize
+	if f.Limit != nil {
+		if *f.Limit < 1 || *f.Limit > store.MaxInboxSize {
+			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, store.MaxInboxSize))
+			return
+		}
+		limit = *f.Limit
+	}
+	convs, more, err := c.h.cfg.Store.Inbox(ctx, c.user, limit)
+	if err != nil {
+		c.storeFailed(id, "inbox", err)
+		return
+	}
+	c.reply(inboxFrame{Type: "inbox", ID: id, Conversations: convs, More: more})
+}
+
+// maxPresenceUsers bounds the users of one presence request.
+const maxPresenceUsers = 200
+
+func (c *conn) presence(ctx context.Context, id string, f *inFrame) {
+	if len(f.Users) == 0 || len(f.Users) > maxPresenceUsers {
+		c.fail(id, CodeBadRequest, fmt.Sprintf(`"users" must list 1 to %d user ids`, maxPresenceUsers))
+		return
+	}
+	for _, u := range f.Users {
+		if !c.checkUser(id, "users", u) {
+			return
+		}
+	}
+	// Watch first, so that no change after the answer is missed.
+	if !c.h.watch(c, f.Users, f.Watch) {
+		c.fail(id, CodeBadRequest, fmt.Sprintf("a socket may watch at most %d users", c.h.cfg.MaxWatch))
+		return
+	}
+	online, err := c.h.cfg.Presence.Online(ctx, f.Users)
+	if err != nil {
+		c.storeFailed(id, "presence", err)
+		return
+	}
+	c.reply(presenceFrame{Type: "presence", ID: id, Online: online})
+}
+
+func (c *conn) typing(ctx context.Context, id string, f *inFrame) {
+	if !c.checkUser(id, "to", f.To) {
+		return
+	}
+	if err := c.h.cfg.Store.Typing(ctx, c.user, f.To); err != nil {
+		// Typing is best effort: nothing to retry.
+		c.h.log.Debug("typing failed", "user", c.user, "err", err)
+	}
+}

@@ -1,0 +1,96 @@
+package hub
+
+import (
+	"encoding/json"
+
+	"github.com/chatd/chatd/store"
+)
+
+// Error codes of the wire protocol.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeForbidden   = "forbidden"
+	CodeNotFound    = "not_found"
+	CodeTooLarge    = "too_large"
+	CodeRateLimited = "rate_limited"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal"
+)
+
+// inFrame is any client → server frame; which fields count depends on Type.
+type inFrame struct {
+	Type   string   `json:"type"`
+	ID     *string  `json:"id"`
+	To     string   `json:"to"`
+	Text   *string  `json:"text"`
+	With   string   `json:"with"`
+	Before *int64   `json:"before"`
+	Limit  *int     `json:"limit"`
+	Users  []string `json:"users"`
+	Watch  bool     `json:"watch"`
+}
+
+type readyFrame struct {
+	Type    string           `json:"type"`
+	User    string           `json:"user"`
+	Replica string           `json:"replica"`
+	Unread  map[string]int64 `json:"unread"`
+}
+
+type sentFrame struct {
+	Type    string        `json:"type"`
+	ID      string        `json:"id,omitempty"`
+	Message store.Message `json:"message"`
+}
+
+type historyFrame struct {
+	Type     string          `json:"type"`
+	ID       string          `json:"id,omitempty"`
+	With     string          `json:"with"`
+	Messages []store.Message `json:"messages"`
+	Unread   int64           `json:"unread"`
+	More     bool            `json:"more"`
+}
+
+type readFrame struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+	With string `json:"with"`
+}
+
+type inboxFrame struct {
+	Type          string               `json:"type"`
+	ID            string               `json:"id,omitempty"`
+	Conversations []store.Conversation `json:"conversations"`
+	More          bool                 `json:"more"`
+}
+
+type presenceFrame struct {
+	Type   string          `json:"type"`
+	ID     string          `json:"id,omitempty"`
+	Online map[string]bool `json:"online"`
+}
+
+type pongFrame struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+}
+
+type errorFrame struct {
+	Type       string   `json:"type"`
+	ID         string   `json:"id,omitempty"`
+	Code       string   `json:"code"`
+	Message    string   `json:"message"`
+	RetryAfter *float64 `json:"retry_after,omitempty"`
+}
+
+var resyncFrame = []byte(`{"type":"resync"}`)
+
+// encode marshals a frame; every frame type above always marshals.
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("hub: encode frame: " + err.Error())
+	}
+	return b
+}

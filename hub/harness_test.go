@@ -1,0 +1,309 @@
+package hub_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/hub"
+	"github.com/chatd/chatd/internal/redistest"
+	"github.com/chatd/chatd/presence"
+	"github.com/chatd/chatd/store"
+)
+
+// clock is a settable clock shared by the replicas of a test.
+type clock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
+
+// cluster is several replicas on one Redis.
+type cluster struct {
+	t     *testing.T
+	redis *redistest.Redis
+	clock *clock
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	return &cluster{t: t, redis: redistest.New(t), clock: &clock{}}
+}
+
+// replica is one in-process chatd replica.
+type replica struct {
+	name    string
+	hub     *hub.Hub
+	store   *store.Store
+	tracker *presence.Tracker
+	sub     *store.Subscriber
+	rdb     *redis.Client
+	srv     *httptest.Server
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+type option func(*hub.Config, *string)
+
+func withSecret(s string) option { return func(_ *hub.Config, secret *string) { *secret = s } }
+func withHub(f func(*hub.Config)) option {
+	return func(c *hub.Config, _ *string) { f(c) }
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// replica starts a replica named name; it stops (without presence cleanup,
+// like a crash, when crash is called) at the end of the test.
+func (cl *cluster) replica(name string, opts ...option) *replica {
+	t := cl.t
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	opt, err := redis.ParseURL(cl.redis.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ClientName = "chatdtest-" + name + "-" + strings.TrimSuffix(cl.redis.Prefix[len("chatdtest:"):], ":")
+	rdb := redis.NewClient(opt)
+	var tr *presence.Tracker
+	st := store.New(rdb, store.Config{Prefix: cl.redis.Prefix, Now: cl.clock.Now, Logger: log})
+	tr, err = presence.New(presence.Config{Backend: st, Replica: name, Now: cl.clock.Now, Logger: log,
+		ReapInterval: 50 * time.Millisecond, Heartbeat: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := ""
+	cfg := hub.Config{Store: st, Presence: tr, Replica: name, Logger: log}
+	for _, o := range opts {
+		o(&cfg, &secret)
+	}
+	cfg.Auth = auth.New(secret, store.ValidateUser)
+	h := hub.New(cfg)
+	r := &replica{name: name, hub: h, store: st, tracker: tr, rdb: rdb, done: make(chan struct{})}
+	r.sub = st.Subscribe(name, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = cancel
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = r.sub.Run(ctx) }()
+	go func() { defer wg.Done(); _ = tr.Run(ctx) }()
+	go func() { wg.Wait(); close(r.done) }()
+	select {
+	case <-r.sub.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("subscriber not ready")
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ws", h)
+	r.srv = httptest.NewServer(mux)
+	t.Cleanup(r.close)
+	return r
+}
+
+// close shuts the replica down gracefully.
+func (r *replica) close() {
+	select {
+	case <-r.done:
+		return
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = r.hub.Shutdown(ctx, 0)
+	r.srv.Close()
+	r.stop()
+	<-r.done
+	r.rdb.Close()
+}
+
+// crash stops the replica's background work and drops its sockets without
+// removing their presence entries, as a killed process would.
+func (r *replica) crash() {
+	r.stop()
+	<-r.done
+	r.srv.CloseClientConnections()
+	r.srv.Close()
+}
+
+func (r *replica) wsURL(query string) string {
+	return "ws" + strings.TrimPrefix(r.srv.URL, "http") + "/ws?" + query
+}
+
+// client is a test WebSocket client that records every frame it reads.
+type client struct {
+	t      *testing.T
+	user   string
+	ws     *websocket.Conn
+	frames chan map[string]any
+	ended  chan error
+}
+
+// dial connects user to r in dev mode and reads the ready frame.
+func (r *replica) dial(t *testing.T, user string) *client {
+	t.Helper()
+	c := r.dialURL(t, r.wsURL("user="+user), nil)
+	c.user = user
+	ready := c.expect("ready")
+	if ready["user"] != user || ready["replica"] != r.name {
+		t.Fatalf("ready = %v", ready)
+	}
+	return c
+}
+
+func (r *replica) dialURL(t *testing.T, url string, opts *websocket.DialOptions) *client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, url, opts)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
+	}
+	ws.SetReadLimit(1 << 20)
+	c := &client{t: t, ws: ws, frames: make(chan map[string]any, 10000), ended: make(chan error, 1)}
+	go c.readLoop()
+	t.Cleanup(func() { ws.CloseNow() })
+	return c
+}
+
+func (c *client) readLoop() {
+	defer close(c.frames)
+	for {
+		_, data, err := c.ws.Read(context.Background())
+		if err != nil {
+			c.ended <- err
+			return
+		}
+		var m map[string]any
+		if err := json.Unmarshal(data, &m); err != nil {
+			c.t.Errorf("server sent invalid JSON %q: %v", data, err)
+			continue
+		}
+		c.frames <- m
+	}
+}
+
+// send writes one frame.
+func (c *client) send(v any) {
+	c.t.Helper()
+	b, ok := v.([]byte)
+	if !ok {
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// next returns the next frame, failing after timeout.
+func (c *client) next() map[string]any {
+	c.t.Helper()
+	select {
+	case f, ok := <-c.frames:
+		if !ok {
+			c.t.Fatalf("%s: socket ended while a frame was expected", c.user)
+		}
+		return f
+	case <-time.After(5 * time.Second):
+		c.t.Fatalf("%s: no frame within 5s", c.user)
+	}
+	return nil
+}
+
+// expect returns the next frame and fails unless it has type typ.
+func (c *client) expect(typ string) map[string]any {
+	c.t.Helper()
+	f := c.next()
+	if f["type"] != typ {
+		c.t.Fatalf("%s: got %v, want a %q frame", c.user, f, typ)
+	}
+	return f
+}
+
+// quiet fails if any frame arrives within d.
+func (c *client) quiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case f, ok := <-c.frames:
+		if ok {
+			c.t.Fatalf("%s: unexpected frame %v", c.user, f)
+		}
+	case <-time.After(d):
+	}
+}
+
+// call sends a frame with an id and returns the reply with that id.
+func (c *client) call(frame map[string]any) map[string]any {
+	c.t.Helper()
+	c.send(frame)
+	f := c.next()
+	if frame["id"] != nil && f["id"] != frame["id"] {
+		c.t.Fatalf("%s: reply %v does not carry id %v", c.user, f, frame["id"])
+	}
+	return f
+}
+
+// closed waits for the socket to end and returns its close status.
+func (c *client) closed() websocket.StatusCode {
+	c.t.Helper()
+	for {
+		select {
+		case _, ok := <-c.frames:
+			if !ok {
+				return websocket.CloseStatus(<-c.ended)
+			}
+		case <-time.After(10 * time.Second):
+			c.t.Fatalf("%s: socket did not close", c.user)
+		}
+	}
+}
+
+// eventually polls cond until it holds or 5 s pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func msgOf(f map[string]any) map[string]any {
+	m, _ := f["message"].(map[string]any)
+	return m
+}

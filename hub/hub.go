@@ -1,0 +1,400 @@
+// Package hub runs chatd's WebSocket connections: it authenticates them,
+// tracks every live socket per user on this replica, answers the frames of
+// the wire protocol (PROTOCOL.md) through a Store, and hands frames that
+// arrive from Redis pub/sub to the right local sockets.
+//
+// Each connection has one reader (the handler goroutine) and one writer
+// goroutine that owns every write, a bounded outbound queue, and a rate
+// limiter. Fan-out never blocks: a socket whose queue is full is closed
+// (1008) rather than delaying anyone else.
+package hub
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/chatd/chatd/store"
+)
+
+// Store is what the hub needs from chatd's data layer.
+type Store interface {
+	Send(ctx context.Context, req store.SendRequest) (store.Message, bool, error)
+	History(ctx context.Context, user, peer string, before int64, limit int) (store.Page, error)
+	MarkRead(ctx context.Context, user, peer, origin string) (int64, error)
+	Unread(ctx context.Context, user string) (map[string]int64, error)
+	Inbox(ctx context.Context, user string, limit int) ([]store.Conversation, bool, error)
+	Typing(ctx context.Context, user, peer string) error
+}
+
+// Presence registers this replica's connections and answers who is online.
+type Presence interface {
+	Add(ctx context.Context, user string) (member string, err error)
+	Remove(ctx context.Context, user, member string) error
+	Online(ctx context.Context, users []string) (map[string]bool, error)
+}
+
+// Authenticator names the user of an upgrade request.
+type Authenticator interface {
+	User(r *http.Request) (string, error)
+}
+
+// Config configures a Hub. Zero values mean the documented defaults.
+type Config struct {
+	Store    Store         // required
+	Presence Presence      // required
+	Auth     Authenticator // required
+	// Replica is this process's name, sent in "ready".
+	Replica string
+	// Origins are the host patterns (path.Match syntax) of browser origins
+	// allowed besides the server's own host. Empty: only the same host.
+	Origins []string
+	// QueueSize bounds each socket's outbound queue, in frames. Defaults to 128.
+	QueueSize int
+	// MaxFrameBytes is the largest client frame; a larger one closes the
+	// socket with 1009. Defaults to 32 KiB (a 4096-byte text fully escaped).
+	MaxFrameBytes int64
+	// Rate and Burst limit each socket's frames. Default 20/s, burst 40.
+	Rate  rate.Limit
+	Burst int
+	// MaxConns bounds this replica's sockets (default 10000); MaxConnsPerUser
+	// bounds one user's sockets on it (default 16).
+	MaxConns        int
+	MaxConnsPerUser int
+	// MaxWatch bounds how many users one socket may watch. Defaults to 1000.
+	MaxWatch int
+	// WriteTimeout bounds each write. Defaults to 10 s.
+	WriteTimeout time.Duration
+	// PingInterval is how long a socket may be silent before a ping checks
+	// it; no pong within PingInterval/2 closes it. Defaults to 30 s.
+	PingInterval time.Duration
+	// OpTimeout bounds each Store or Presence call. Defaults to 5 s.
+	OpTimeout time.Duration
+	// Metrics records what happens; nil records nothing.
+	Metrics *Metrics
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Hub is the set of this replica's live sockets. It is safe for concurrent use.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+
+	mu       sync.RWMutex
+	users    map[string]map[*conn]struct{}
+	watchers map[string]map[*conn]struct{}
+	count    int
+
+	draining atomic.Bool
+	wg       sync.WaitGroup
+}
+
+// New returns a Hub.
+func New(cfg Config) *Hub {
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 128
+	}
+	if cfg.MaxFrameBytes <= 0 {
+		cfg.MaxFrameBytes = 32 << 10
+	}
+	if cfg.Rate <= 0 {
+		cfg.Rate = 20
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = 40
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 10000
+	}
+	if cfg.MaxConnsPerUser <= 0 {
+		cfg.MaxConnsPerUser = 16
+	}
+	if cfg.MaxWatch <= 0 {
+		cfg.MaxWatch = 1000
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Hub{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        cfg.Metrics,
+		users:    map[string]map[*conn]struct{}{},
+		watchers: map[string]map[*conn]struct{}{},
+	}
+}
+
+// ServeHTTP upgrades an authenticated request to a WebSocket and runs it
+// until it closes. Failed authentication is 401, a foreign browser origin
+// 403, a draining or full replica 503, all before the upgrade.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.draining.Load() {
+		http.Error(w, "replica is draining: reconnect", http.StatusServiceUnavailable)
+		return
+	}
+	user, err := h.cfg.Auth.User(r)
+	if err != nil {
+		h.m.error(CodeForbidden)
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	c := &conn{
+		h:       h,
+		user:    user,
+		out:     make(chan outItem, h.cfg.QueueSize),
+		quit:    make(chan struct{}),
+		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
+	}
+	if reason := h.register(c); reason != "" {
+		http.Error(w, reason, http.StatusServiceUnavailable)
+		return
+	}
+	defer h.unregister(c)
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns: h.cfg.Origins,
+		OnPongReceived: func(context.Context, []byte) { c.touch() },
+	})
+	if err != nil {
+		// Accept has answered (403 for a foreign origin, 400/426 for a bad upgrade).
+		h.log.Debug("websocket accept failed", "user", user, "err", err)
+		return
+	}
+	ws.SetReadLimit(h.cfg.MaxFrameBytes)
+	h.mu.Lock()
+	c.ws = ws
+	h.mu.Unlock()
+	c.run(r.Context())
+}
+
+// register adds c to the hub before it is upgraded, so that no frame
+// routed to this replica after its presence entry exists can miss it.
+func (h *Hub) register(c *conn) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.draining.Load() {
+		return "replica is draining: reconnect"
+	}
+	if h.count >= h.cfg.MaxConns {
+		return "too many connections on this replica"
+	}
+	set := h.users[c.user]
+	if len(set) >= h.cfg.MaxConnsPerUser {
+		return "too many connections for this user"
+	}
+	if set == nil {
+		set = map[*conn]struct{}{}
+		h.users[c.user] = set
+	}
+	set[c] = struct{}{}
+	h.count++
+	h.wg.Add(1)
+	h.m.connOpened(len(set) == 1)
+	return ""
+}
+
+func (h *Hub) unregister(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.users[c.user]
+	if _, ok := set[c]; !ok {
+		return
+	}
+	delete(set, c)
+	if len(set) == 0 {
+		delete(h.users, c.user)
+	}
+	h.count--
+	h.wg.Done()
+	for u := range c.watching {
+		if w := h.watchers[u]; w != nil {
+			delete(w, c)
+			if len(w) == 0 {
+				delete(h.watchers, u)
+			}
+		}
+	}
+	h.m.connClosed(len(set) == 0)
+}
+
+// setID records c's presence member under the lock Deliver reads it with.
+func (h *Hub) setID(c *conn, id string) {
+	h.mu.Lock()
+	c.id = id
+	h.mu.Unlock()
+}
+
+// watch makes c receive presence changes of users; unwatch stops it.
+func (h *Hub) watch(c *conn, users []string, on bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if on {
+		added := 0
+		for _, u := range users {
+			if _, ok := c.watching[u]; !ok {
+				added++
+			}
+		}
+		if len(c.watching)+added > h.cfg.MaxWatch {
+			return false
+		}
+	}
+	for _, u := range users {
+		if on {
+			if c.watching == nil {
+				c.watching = map[string]struct{}{}
+			}
+			c.watching[u] = struct{}{}
+			w := h.watchers[u]
+			if w == nil {
+				w = map[*conn]struct{}{}
+				h.watchers[u] = w
+			}
+			w[c] = struct{}{}
+			continue
+		}
+		delete(c.watching, u)
+		if w := h.watchers[u]; w != nil {
+			delete(w, c)
+			if len(w) == 0 {
+				delete(h.watchers, u)
+			}
+		}
+	}
+	return true
+}
+
+// Deliver hands a frame from pub/sub to every local socket of its users
+// except the one it came from. It never blocks.
+func (h *Hub) Deliver(d store.Delivery) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for i, u := range d.Users {
+		if i > 0 && u == d.Users[0] {
+			continue // a note to self names its user twice
+		}
+		for c := range h.users[u] {
+			if c.id != "" && c.id == d.Origin {
+				continue
+			}
+			c.enqueue(outItem{frame: d.Frame, stored: d.Stored})
+		}
+	}
+}
+
+// PresenceChanged pushes a presence change to the local sockets watching user.
+func (h *Hub) PresenceChanged(user string, online bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if len(h.watchers[user]) == 0 {
+		return
+	}
+	f := encode(presenceFrame{Type: "presence", Online: map[string]bool{user: online}})
+	for c := range h.watchers[user] {
+		c.enqueue(outItem{frame: f})
+	}
+}
+
+// Resync tells every local socket that live delivery may have had a gap.
+func (h *Hub) Resync() {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, set := range h.users {
+		for c := range set {
+			c.enqueue(outItem{frame: resyncFrame})
+		}
+	}
+	h.log.Warn("pub/sub link was restored: told every socket to resync", "sockets", h.count)
+}
+
+// Len returns the number of live sockets.
+func (h *Hub) Len() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.count
+}
+
+// Draining reports whether Shutdown has begun.
+func (h *Hub) Draining() bool { return h.draining.Load() }
+
+// StartDrain stops accepting sockets; Shutdown does it too.
+func (h *Hub) StartDrain() { h.draining.Store(true) }
+
+// Shutdown stops accepting sockets, then closes every socket with 1012
+// (service restart) at random moments spread over window, so that clients
+// do not all reconnect in the same instant. A socket's close waits for its
+// request in flight and flushes its queue first. Shutdown returns when every
+// socket has ended, or when ctx ends (then it closes the rest at once).
+func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
+	h.mu.Lock()
+	h.draining.Store(true)
+	h.mu.Unlock()
+	h.mu.RLock()
+	conns := make([]*conn, 0, h.count)
+	for _, set := range h.users {
+		for c := range set {
+			conns = append(conns, c)
+		}
+	}
+	h.mu.RUnlock()
+	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+	start := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for i, c := range conns {
+		if window > 0 && len(conns) > 1 {
+			at := start.Add(window * time.Duration(i) / time.Duration(len(conns)))
+			timer.Reset(time.Until(at))
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+			}
+		}
+		c.shutdown(websocket.StatusServiceRestart, "service restart: reconnect")
+	}
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		h.mu.RLock()
+		for _, set := range h.users {
+			for c := range set {
+				if c.ws != nil {
+					c.ws.CloseNow()
+				}
+			}
+		}
+		h.mu.RUnlock()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// isNormalClose reports whether err is a client going away in an ordinary way.
+func isNormalClose(err error) bool {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
+		return true
+	}
+	return errors.Is(err, context.Canceled)
+}

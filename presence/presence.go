@@ -1,0 +1,167 @@
+// Package presence answers "who is online, on any replica". Each live
+// connection is an entry in a shared backend (Redis, through the store) with
+// an expiry that this replica's heartbeat pushes forward; a replica that
+// dies stops refreshing, and its connections read as offline once their
+// expiry passes (TTL, 25 s by default, so within 30 s). A reaper, run by
+// every replica, removes expired entries and announces users who went
+// offline that way, so watchers hear of it too.
+package presence
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backend stores presence entries. The store package implements it.
+type Backend interface {
+	// Connect adds or refreshes member of user until expiry.
+	Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error)
+	// Disconnect removes member of user.
+	Disconnect(ctx context.Context, user, member string) (bool, error)
+	// Online reports whether each user has a live entry.
+	Online(ctx context.Context, users []string) (map[string]bool, error)
+	// Reap removes up to batch expired entries of any replica.
+	Reap(ctx context.Context, batch int) (int, error)
+}
+
+// Config configures a Tracker.
+type Config struct {
+	// Backend holds the entries. Required.
+	Backend Backend
+	// Replica names this process; it is the first field of every member, so
+	// the backend can route to it. Required; no spaces.
+	Replica string
+	// TTL is how long an entry lives without a heartbeat. Defaults to 25 s.
+	TTL time.Duration
+	// Heartbeat is how often live entries are refreshed. Defaults to TTL/3.
+	Heartbeat time.Duration
+	// ReapInterval is how often expired entries are looked for. Defaults to 2 s.
+	ReapInterval time.Duration
+	// Now is the clock. Defaults to time.Now.
+	Now func() time.Time
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Tracker registers this replica's connections and refreshes them. It is
+// safe for concurrent use.
+type Tracker struct {
+	cfg  Config
+	boot string
+	seq  atomic.Uint64
+
+	mu    sync.Mutex
+	conns map[string]string // member → user
+}
+
+// New returns a Tracker; Run keeps its entries alive.
+func New(cfg Config) (*Tracker, error) {
+	if cfg.Backend == nil {
+		return nil, fmt.Errorf("presence: no backend")
+	}
+	if cfg.Replica == "" {
+		return nil, fmt.Errorf("presence: no replica name")
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = 25 * time.Second
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = cfg.TTL / 3
+	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 2 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return &Tracker{cfg: cfg, boot: hex.EncodeToString(b[:]), conns: map[string]string{}}, nil
+}
+
+// Add registers a new live connection of user and returns its member name,
+// "<replica> <boot>-<n>", unique across restarts of the replica.
+func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
+	member := fmt.Sprintf("%s %s-%d", t.cfg.Replica, t.boot, t.seq.Add(1))
+	t.mu.Lock()
+	t.conns[member] = user
+	t.mu.Unlock()
+	if _, err := t.cfg.Backend.Connect(ctx, user, member, t.cfg.Now().Add(t.cfg.TTL)); err != nil {
+		t.mu.Lock()
+		delete(t.conns, member)
+		t.mu.Unlock()
+		return "", err
+	}
+	return member, nil
+}
+
+// Remove unregisters the connection member of user.
+func (t *Tracker) Remove(ctx context.Context, user, member string) error {
+	t.mu.Lock()
+	delete(t.conns, member)
+	t.mu.Unlock()
+	_, err := t.cfg.Backend.Disconnect(ctx, user, member)
+	return err
+}
+
+// Online reports whether each user has a live connection on any replica.
+func (t *Tracker) Online(ctx context.Context, users []string) (map[string]bool, error) {
+	return t.cfg.Backend.Online(ctx, users)
+}
+
+// Len returns the number of this replica's registered connections.
+func (t *Tracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns)
+}
+
+// Run refreshes this replica's entries every Heartbeat and reaps expired
+// ones every ReapInterval until ctx ends. Backend errors are logged and
+// retried at the next tick. It returns nil when ctx ends.
+func (t *Tracker) Run(ctx context.Context) error {
+	beat := time.NewTicker(t.cfg.Heartbeat)
+	defer beat.Stop()
+	reap := time.NewTicker(t.cfg.ReapInterval)
+	defer reap.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-beat.C:
+			t.Refresh(ctx)
+		case <-reap.C:
+			if _, err := t.cfg.Backend.Reap(ctx, 1000); err != nil && ctx.Err() == nil {
+				t.cfg.Logger.Warn("presence reap failed", "err", err)
+			}
+		}
+	}
+}
+
+// Refresh pushes the expiry of every registered connection forward.
+func (t *Tracker) Refresh(ctx context.Context) {
+	t.mu.Lock()
+	snapshot := make(map[string]string, len(t.conns))
+	for m, u := range t.conns {
+		snapshot[m] = u
+	}
+	t.mu.Unlock()
+	expiry := t.cfg.Now().Add(t.cfg.TTL)
+	for m, u := range snapshot {
+		if _, err := t.cfg.Backend.Connect(ctx, u, m, expiry); err != nil {
+			if ctx.Err() == nil {
+				t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,133 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Message is one stored chat message as the wire protocol shows it.
+type Message struct {
+	Conv string  `json:"conv"`
+	Seq  int64   `json:"seq"`
+	From string  `json:"from"`
+	To   string  `json:"to"`
+	Text string  `json:"text"`
+	Time float64 `json:"time"`
+}
+
+// element is a list entry in the seed's format. Ids are JSON numbers when
+// they are decimal integers (as the seed writes them) and strings otherwise.
+type element struct {
+	FromID json.RawMessage `json:"fromid"`
+	ToID   json.RawMessage `json:"toid"`
+	Msg    *string         `json:"msg"`
+	Time   json.RawMessage `json:"time"`
+}
+
+// errMalformed marks a list element that is not a seed-format message.
+var errMalformed = errors.New("malformed list element")
+
+// appendID writes a user id as the seed would: a number when decimal.
+func appendID(b []byte, id string) []byte {
+	if isDecimal(id) {
+		return append(b, id...)
+	}
+	return strconv.AppendQuote(b, id)
+}
+
+// appendJSONString writes s as a JSON string without HTML escaping.
+func appendJSONString(b []byte, s string) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return append(b, bytes.TrimRight(buf.Bytes(), "\n")...)
+}
+
+// formatTime renders seconds since the epoch with a fraction, as the seed.
+func formatTime(t time.Time) (float64, []byte) {
+	f := float64(t.UnixMicro()) / 1e6
+	return f, strconv.AppendFloat(nil, f, 'f', -1, 64)
+}
+
+// encodeElement builds the list entry for a message.
+func encodeElement(from, to, text string, ts []byte) []byte {
+	b := make([]byte, 0, len(text)+96)
+	b = append(b, `{"fromid":`...)
+	b = appendID(b, from)
+	b = append(b, `,"toid":`...)
+	b = appendID(b, to)
+	b = append(b, `,"msg":`...)
+	b = appendJSONString(b, text)
+	b = append(b, `,"time":`...)
+	b = append(b, ts...)
+	return append(b, '}')
+}
+
+// decodeID reads an id written as a JSON number or string.
+func decodeID(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", fmt.Errorf("%w: missing id", errMalformed)
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fmt.Errorf("%w: id: %v", errMalformed, err)
+		}
+		return s, nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return "", fmt.Errorf("%w: id: %v", errMalformed, err)
+	}
+	if !isDecimal(n.String()) { // only integers name users: 2.5 or 1e3 is no id
+		return "", fmt.Errorf("%w: id %s is not an integer", errMalformed, n)
+	}
+	return n.String(), nil
+}
+
+// decodeTime reads the seed's time: a JSON number, or a numeric string.
+func decodeTime(raw json.RawMessage) (float64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, fmt.Errorf("%w: time: %v", errMalformed, err)
+		}
+		raw = []byte(s)
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: time %q", errMalformed, raw)
+	}
+	return f, nil
+}
+
+// decodeElement parses a list entry of conversation conv at position seq.
+func decodeElement(conv string, seq int64, data string) (Message, error) {
+	var e element
+	if err := json.Unmarshal([]byte(data), &e); err != nil {
+		return Message{}, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	from, err := decodeID(e.FromID)
+	if err != nil {
+		return Message{}, err
+	}
+	to, err := decodeID(e.ToID)
+	if err != nil {
+		return Message{}, err
+	}
+	if e.Msg == nil {
+		return Message{}, fmt.Errorf("%w: missing msg", errMalformed)
+	}
+	ts, err := decodeTime(e.Time)
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{Conv: conv, Seq: seq, From: from, To: to, Text: *e.Msg, Time: ts}, nil
+}
