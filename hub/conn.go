@@ -412,8 +412,9 @@ func (c *conn) presence(ctx context.Context, id string, f *inFrame) {
 			return
 		}
 	}
-	// Watch first, so that no change after the answer is missed.
-	if !c.h.watch(c, f.Users, f.Watch) {
+	// Watch first, so that no change after the answer is missed. Without
+	// "watch" the watched set is left as it is; "watch":false unwatches.
+	if f.Watch != nil && !c.h.watch(c, f.Users, *f.Watch) {
 		c.fail(id, CodeBadRequest, fmt.Sprintf("a socket may watch at most %d users", c.h.cfg.MaxWatch))
 		return
 	}

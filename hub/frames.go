@@ -27,7 +27,7 @@ type inFrame struct {
 	Before *int64   `json:"before"`
 	Limit  *int     `json:"limit"`
 	Users  []string `json:"users"`
-	Watch  bool     `json:"watch"`
+	Watch  *bool    `json:"watch"`
 }
 
 type readyFrame struct {

@@ -146,6 +146,7 @@ func (r *replica) close() {
 func (r *replica) crash() {
 	r.stop()
 	<-r.done
+	r.rdb.Close() // nothing more reaches Redis: the entries stay behind
 	r.srv.CloseClientConnections()
 	r.srv.Close()
 }

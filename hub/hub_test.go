@@ -32,3 +32,126 @@ func TestChatBothWays(t *testing.T) {
 	}
 	a.quiet(100 * 1e6)
 }
+
+func TestOfflineUnreadHistoryAndReceipt(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	r := cl.replica("a")
+	a := r.dial(t, "23")
+	for i, text := range []string{"one", "two", "three"} {
+		f := a.call(map[string]any{"type": "send", "to": "43", "text": text, "id": "m" + string(rune('0'+i))})
+		if f["type"] != "sent" {
+			t.Fatalf("got %v", f)
+		}
+	}
+	b := r.dial(t, "9")
+	b.ws.CloseNow()
+	c := r.dialURL(t, r.wsURL("user=43"), nil)
+	c.user = "43"
+	ready := c.expect("ready")
+	if u, _ := ready["unread"].(map[string]any); u["23"] != 3.0 || len(u) != 1 {
+		t.Fatalf("ready unread = %v", ready["unread"])
+	}
+	inbox := c.call(map[string]any{"type": "inbox", "id": "i"})
+	convs, _ := inbox["conversations"].([]any)
+	if len(convs) != 1 {
+		t.Fatalf("inbox = %v", inbox)
+	}
+	conv := convs[0].(map[string]any)
+	if conv["with"] != "23" || conv["unread"] != 3.0 || conv["last"].(map[string]any)["seq"] != 3.0 {
+		t.Fatalf("inbox conversation = %v", conv)
+	}
+	h := c.call(map[string]any{"type": "history", "with": "23", "limit": 2, "id": "h1"})
+	msgs, _ := h["messages"].([]any)
+	if h["unread"] != 3.0 || h["more"] != true || len(msgs) != 2 ||
+		msgs[0].(map[string]any)["seq"] != 3.0 || msgs[1].(map[string]any)["text"] != "two" {
+		t.Fatalf("history = %v", h)
+	}
+	h = c.call(map[string]any{"type": "history", "with": "23", "before": 2, "id": "h2"})
+	msgs, _ = h["messages"].([]any)
+	if h["unread"] != 0.0 || h["more"] != false || len(msgs) != 1 || msgs[0].(map[string]any)["text"] != "one" {
+		t.Fatalf("second page = %v", h)
+	}
+	if rd := c.call(map[string]any{"type": "read", "with": "23", "id": "r"}); rd["type"] != "read" || rd["with"] != "23" {
+		t.Fatalf("read reply = %v", rd)
+	}
+	rc := a.expect("receipt")
+	if rc["by"] != "43" || rc["with"] != "23" || rc["seq"] != 3.0 {
+		t.Fatalf("receipt = %v", rc)
+	}
+}
+
+func TestMultiDeviceAndCrossReplica(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	ra, rb, rc := cl.replica("a"), cl.replica("b"), cl.replica("c")
+	phone := ra.dial(t, "23")
+	laptop := rb.dial(t, "23")
+	friend := rc.dial(t, "43")
+	friend2 := ra.dial(t, "43")
+
+	sent := phone.call(map[string]any{"type": "send", "to": "43", "text": "from the phone", "id": "p1"})
+	seq := msgOf(sent)["seq"]
+	for _, c := range []*client{laptop, friend, friend2} {
+		if m := msgOf(c.expect("message")); m["seq"] != seq || m["text"] != "from the phone" {
+			t.Fatalf("%s got %v", c.user, m)
+		}
+	}
+	phone.quiet(200 * 1e6) // the sending socket gets "sent", not a copy
+
+	friend.call(map[string]any{"type": "send", "to": "23", "text": "back", "id": "f1"})
+	for _, c := range []*client{phone, laptop, friend2} {
+		if m := msgOf(c.expect("message")); m["text"] != "back" {
+			t.Fatalf("%s got %v", c.user, m)
+		}
+	}
+	// Online recipients are not counted unread.
+	un, err := ra.store.Unread(t.Context(), "43")
+	if err != nil || len(un) != 0 {
+		t.Fatalf("unread of 43 = %v, %v", un, err)
+	}
+}
+
+func TestTypingIsLiveAndNotStored(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	ra, rb := cl.replica("a"), cl.replica("b")
+	a := ra.dial(t, "23")
+	b := rb.dial(t, "43")
+	a.send(map[string]any{"type": "typing", "to": "43"})
+	if f := b.expect("typing"); f["from"] != "23" {
+		t.Fatalf("typing = %v", f)
+	}
+	h := b.call(map[string]any{"type": "history", "with": "23", "id": "h"})
+	if msgs, _ := h["messages"].([]any); len(msgs) != 0 {
+		t.Fatalf("typing was stored: %v", h)
+	}
+}
+
+func TestIdempotentSend(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	ra, rb := cl.replica("a"), cl.replica("b")
+	a := ra.dial(t, "23")
+	a2 := rb.dial(t, "23")
+	first := a.call(map[string]any{"type": "send", "to": "43", "text": "once", "id": "same"})
+	a2.expect("message")
+	again := a2.call(map[string]any{"type": "send", "to": "43", "text": "once", "id": "same"})
+	if again["type"] != "sent" || msgOf(again)["seq"] != msgOf(first)["seq"] || msgOf(again)["time"] != msgOf(first)["time"] {
+		t.Fatalf("retry = %v, first = %v", again, first)
+	}
+	a.quiet(200 * 1e6) // a retry is not delivered again
+	h := a.call(map[string]any{"type": "history", "with": "43", "id": "h"})
+	if msgs, _ := h["messages"].([]any); len(msgs) != 1 {
+		t.Fatalf("stored %d messages, want 1", len(msgs))
+	}
+}
+
+func TestPing(t *testing.T) {
+	t.Parallel()
+	r := newCluster(t).replica("a")
+	c := r.dial(t, "u1")
+	if f := c.call(map[string]any{"type": "ping", "id": "p"}); f["type"] != "pong" {
+		t.Fatalf("got %v", f)
+	}
+}
