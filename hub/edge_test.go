@@ -2,9 +2,11 @@ package hub_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,20 +231,34 @@ func TestSlowConsumerIsClosed(t *testing.T) {
 		c.Burst = 1e6
 		c.WriteTimeout = 500 * time.Millisecond
 	}))
-	slow := r.dial(t, "43")
+	// The slow client never reads, and its receive buffer is tiny, so the
+	// server's writes stall soon, its queue overflows, and the server
+	// closes it rather than wait.
+	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	httpc := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	slow, _, err := websocket.Dial(t.Context(), r.wsURL("user=43"), &websocket.DialOptions{HTTPClient: httpc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.CloseNow()
 	fast := r.dial(t, "23")
 	text := strings.Repeat("y", 4000)
-	// The slow client never reads: once the socket buffers fill, the
-	// queue overflows and the server closes it rather than wait.
-	stop := time.Now().Add(20 * time.Second)
+	stop := time.Now().Add(30 * time.Second)
 	for r.hub.Len() == 2 && time.Now().Before(stop) {
-		fast.send(map[string]any{"type": "send", "to": "43", "text": text})
-		fast.next()
+		for range 3 {
+			fast.send(map[string]any{"type": "send", "to": "43", "text": text})
+		}
+		for range 3 {
+			fast.next()
+		}
 	}
 	if r.hub.Len() != 1 {
-		t.Fatalf("slow consumer still connected after 20s")
+		t.Fatalf("slow consumer still connected after 30s")
 	}
-	_ = slow
 	if f := fast.call(map[string]any{"type": "ping", "id": "ok"}); f["type"] != "pong" {
 		t.Fatalf("fast client hurt: %v", f)
 	}

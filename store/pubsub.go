@@ -194,4 +194,3 @@ func (sub *Subscriber) LastCanary() time.Time {
 	}
 	return time.Unix(0, ns)
 }
-

@@ -34,9 +34,6 @@ type config struct {
 	showVersion bool
 }
 
-// errHelp is returned after -h printed the usage.
-var errHelp = flag.ErrHelp
-
 func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)

@@ -144,7 +144,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /", web.Handler())
-	mux.Handle("/ws", h)
+	mux.Handle("GET /ws", h)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

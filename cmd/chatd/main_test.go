@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/internal/redistest"
+)
+
+// server is a chatd started through run, as main starts it.
+type server struct {
+	addr string
+	stop context.CancelFunc
+	done chan error
+	logs *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// start runs chatd with args on a free loopback port and waits until it
+// is ready.
+func start(t *testing.T, env map[string]string, args ...string) *server {
+	t.Helper()
+	pr, pw := io.Pipe()
+	logs := &lockedBuffer{}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			logs.Write([]byte(line + "\n"))
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "chatd starting" {
+				addrc <- rec["addr"].(string)
+			}
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &server{stop: cancel, done: make(chan error, 1), logs: logs}
+	args = append([]string{"-addr", "127.0.0.1:0", "-log-format", "json", "-drain-delay", "0", "-drain-window", "100ms"}, args...)
+	go func() {
+		s.done <- run(ctx, args, func(k string) string { return env[k] }, io.Discard, pw)
+		pw.Close()
+	}()
+	select {
+	case s.addr = <-addrc:
+	case err := <-s.done:
+		t.Fatalf("chatd exited: %v\n%s", err, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("chatd did not start\n%s", logs)
+	}
+	t.Cleanup(func() { s.shutdown(t) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready\n%s", logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *server) shutdown(t *testing.T) error {
+	s.stop()
+	select {
+	case err := <-s.done:
+		s.done <- err
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("chatd did not stop\n%s", s.logs)
+	}
+	return nil
+}
+
+func dial(t *testing.T, url string) (*websocket.Conn, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	return ws, read(t, ws)
+}
+
+func read(t *testing.T, ws *websocket.Conn) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, data, err := ws.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func write(t *testing.T, ws *websocket.Conn, frame string) {
+	t.Helper()
+	if err := ws.Write(context.Background(), websocket.MessageText, []byte(frame)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func redisEnv(t *testing.T) (map[string]string, []string) {
+	r := redistest.New(t)
+	return map[string]string{}, []string{"-redis", r.URL, "-prefix", r.Prefix}
+}
+
+func TestServeChatAndDrain(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	s := start(t, env, append(args, "-replica", "chatd-t1")...)
+	for _, path := range []string{"/healthz", "/readyz", "/", "/metrics"} {
+		resp, err := http.Get("http://" + s.addr + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, err, resp)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if path == "/metrics" && !strings.Contains(string(body), "chatd_build_info") {
+			t.Fatalf("metrics lack chatd_build_info")
+		}
+	}
+	a, ready := dial(t, "ws://"+s.addr+"/ws?user=23")
+	if ready["type"] != "ready" || ready["replica"] != "chatd-t1" {
+		t.Fatalf("ready = %v", ready)
+	}
+	b, _ := dial(t, "ws://"+s.addr+"/ws?user=43")
+	write(t, a, `{"type":"send","to":"43","text":"hi","id":"1"}`)
+	if f := read(t, a); f["type"] != "sent" {
+		t.Fatalf("got %v", f)
+	}
+	if f := read(t, b); f["type"] != "message" {
+		t.Fatalf("got %v", f)
+	}
+	if err := s.shutdown(t); err != nil {
+		t.Fatalf("run returned %v after drain", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, err := a.Read(ctx)
+	if websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+		t.Fatalf("socket ended with %v, want 1012", err)
+	}
+	if !strings.Contains(s.logs.String(), `"msg":"chatd starting"`) || !strings.Contains(s.logs.String(), `"redis":"redis://`) {
+		t.Fatalf("start line missing:\n%s", s.logs)
+	}
+}
+
+func TestEmbeddedRedisByDefault(t *testing.T) {
+	t.Parallel()
+	s := start(t, map[string]string{})
+	if !strings.Contains(s.logs.String(), "embedded") {
+		t.Fatalf("start line does not say embedded:\n%s", s.logs)
+	}
+	a, _ := dial(t, "ws://"+s.addr+"/ws?user=1")
+	write(t, a, `{"type":"send","to":"2","text":"stored","id":"x"}`)
+	if f := read(t, a); f["type"] != "sent" {
+		t.Fatalf("got %v", f)
+	}
+	b, ready := dial(t, "ws://"+s.addr+"/ws?user=2")
+	if u := ready["unread"].(map[string]any); u["1"] != 1.0 {
+		t.Fatalf("ready = %v", ready)
+	}
+	_ = b
+}
+
+func TestTokenMode(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	env["CHAT_SECRET"] = "sekret"
+	s := start(t, env, args...)
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"token", "-user", "23", "-ttl", "1h"}, func(k string) string { return env[k] }, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(out.String())
+	if sub, err := auth.New("sekret", func(string) error { return nil }).Verify(tok); err != nil || sub != "23" {
+		t.Fatalf("token %q: %v %v", tok, sub, err)
+	}
+	_, ready := dial(t, "ws://"+s.addr+"/ws?token="+tok)
+	if ready["user"] != "23" {
+		t.Fatalf("ready = %v", ready)
+	}
+	resp, err := http.Get("http://" + s.addr + "/ws?user=23")
+	if err != nil || resp.StatusCode != 401 {
+		t.Fatalf("dev login with a secret: %v %v", err, resp)
+	}
+	resp.Body.Close()
+}
+
+func TestHealthCommand(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	s := start(t, env, args...)
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"health", "-url", "http://" + s.addr + "/readyz"}, os.Getenv, &out, io.Discard); err != nil {
+		t.Fatalf("health: %v", err)
+	}
+	if err := run(t.Context(), []string{"health", "-url", "http://" + s.addr + "/nope"}, os.Getenv, &out, io.Discard); err == nil {
+		t.Fatal("health of a 404 succeeded")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"-addr", "0.0.0.0:0"}, nil, "not loopback"},
+		{[]string{"-addr", ":0"}, nil, "not loopback"},
+		{[]string{"-rate", "0"}, nil, "must be positive"},
+		{[]string{"extra"}, nil, "unexpected argument"},
+		{[]string{"-replica", "has space"}, nil, "replica"},
+		{[]string{"-log-format", "xml"}, nil, "log-format"},
+		{[]string{"token", "-user", "23"}, nil, "no secret"},
+		{[]string{"token", "-user", "a:b", "-secret", "x"}, nil, "invalid user id"},
+	}
+	for _, tc := range cases {
+		err := run(t.Context(), tc.args, func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-version"}, func(string) string { return "" }, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "chatd ") {
+		t.Fatalf("-version: %q %v", out.String(), err)
+	}
+	var help bytes.Buffer
+	run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, &help)
+	for _, flag := range []string{"-addr", "-redis", "-secret", "-prefix", "-replica", "-origins", "-drain-delay", "CHAT_ADDR", "REDIS_URL"} {
+		if !strings.Contains(help.String(), flag) {
+			t.Errorf("-h does not explain %s", flag)
+		}
+	}
+}
