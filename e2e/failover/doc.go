@@ -1,0 +1,13 @@
+// Package failover is chatd's end-to-end test of a multi-replica deployment:
+// three chatd processes share one Redis behind nginx, built and configured as
+// deploy/ and the Dockerfile describe, while 200 clients chat through the
+// balancer and replicas are drained (SIGTERM) and killed (SIGKILL).
+//
+// It needs redis-server and nginx on the machine and runs only when asked:
+//
+//	CHATD_E2E=1 go test -v -count=1 -timeout 20m ./e2e/failover/
+//
+// Every process it starts listens on a free loopback port and lives in a
+// temporary folder; nothing else on the machine (such as a Redis on 6379) is
+// touched.
+package failover
