@@ -1,7 +1,10 @@
 package hub_test
 
 import (
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestChatBothWays(t *testing.T) {
@@ -154,4 +157,47 @@ func TestPing(t *testing.T) {
 	if f := c.call(map[string]any{"type": "ping", "id": "p"}); f["type"] != "pong" {
 		t.Fatalf("got %v", f)
 	}
+}
+
+// A user who connects at the instant a message is sent either gets it live
+// or finds it counted unread in "ready": never neither.
+func TestConnectWhileSendingNeverMisses(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	ra, rb := cl.replica("a"), cl.replica("b")
+	sender := ra.dial(t, "23")
+	live, counted := 0, 0
+	for i := range 40 {
+		user := "race" + strconv.Itoa(i)
+		id := "m" + strconv.Itoa(i)
+		var wg sync.WaitGroup
+		var c *client
+		var ready map[string]any
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c = rb.dialURL(t, rb.wsURL("user="+user), nil)
+			c.user = user
+			ready = c.expect("ready")
+		}()
+		if i%2 == 1 {
+			time.Sleep(time.Duration(i%5) * 100 * time.Microsecond)
+		}
+		sent := sender.call(map[string]any{"type": "send", "to": user, "text": "hello", "id": id})
+		wg.Wait()
+		if sent["type"] != "sent" {
+			t.Fatalf("send: %v", sent)
+		}
+		unread, _ := ready["unread"].(map[string]any)
+		if unread["23"] == 1.0 {
+			counted++
+			continue
+		}
+		f := c.expect("message")
+		if msgOf(f)["text"] != "hello" || msgOf(f)["to"] != user {
+			t.Fatalf("%s got %v", user, f)
+		}
+		live++
+	}
+	t.Logf("live %d, counted unread %d", live, counted)
 }

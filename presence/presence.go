@@ -22,6 +22,8 @@ import (
 type Backend interface {
 	// Connect adds or refreshes member of user until expiry.
 	Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error)
+	// Refresh pushes the expiry of many entries (member → user) forward.
+	Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error
 	// Disconnect removes member of user.
 	Disconnect(ctx context.Context, user, member string) (bool, error)
 	// Online reports whether each user has a live entry.
@@ -150,18 +152,12 @@ func (t *Tracker) Run(ctx context.Context) error {
 // Refresh pushes the expiry of every registered connection forward.
 func (t *Tracker) Refresh(ctx context.Context) {
 	t.mu.Lock()
-	snapshot := make(map[string]string, len(t.conns))
+	conns := make(map[string]string, len(t.conns))
 	for m, u := range t.conns {
-		snapshot[m] = u
+		conns[m] = u
 	}
 	t.mu.Unlock()
-	expiry := t.cfg.Now().Add(t.cfg.TTL)
-	for m, u := range snapshot {
-		if _, err := t.cfg.Backend.Connect(ctx, u, m, expiry); err != nil {
-			if ctx.Err() == nil {
-				t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
-			}
-			return
-		}
+	if err := t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL)); err != nil && ctx.Err() == nil {
+		t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Presence entries: each live connection is a member "<replica> <conn>" of
@@ -23,6 +25,40 @@ func (s *Store) Connect(ctx context.Context, user, member string, expiry time.Ti
 		return false, fmt.Errorf("presence connect %s: %w", user, err)
 	}
 	return n == 1, nil
+}
+
+// Refresh pushes the expiry of many connections (member → user) forward,
+// pipelined in batches, and announces users who had lapsed as online again.
+func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error {
+	type entry struct{ user, member string }
+	entries := make([]entry, 0, len(conns))
+	for m, u := range conns {
+		entries = append(entries, entry{u, m})
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	// Load the script once so the pipelined EVALSHAs cannot miss it.
+	if err := connectScript.Load(ctx, s.rdb).Err(); err != nil {
+		return fmt.Errorf("presence refresh: %w", err)
+	}
+	now := s.now()
+	ttl := (expiry.Sub(now) + time.Minute).Milliseconds()
+	for len(entries) > 0 {
+		batch := entries[:min(len(entries), 500)]
+		entries = entries[len(batch):]
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, e := range batch {
+				connectScript.EvalSha(ctx, p, []string{s.keys.presence(e.user), s.keys.presenceIndex()},
+					e.member, expiry.UnixMilli(), now.UnixMilli(), e.user, s.keys.presenceChannel(), ttl)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("presence refresh: %w", err)
+		}
+	}
+	return nil
 }
 
 // Disconnect removes the connection member of user, announcing the user

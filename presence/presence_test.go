@@ -1,0 +1,123 @@
+package presence_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/internal/redistest"
+	"github.com/chatd/chatd/presence"
+	"github.com/chatd/chatd/store"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.off) }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
+
+func setup(t *testing.T, replica string, clk *clock, r *redistest.Redis) (*presence.Tracker, *store.Store) {
+	t.Helper()
+	st := store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now})
+	tr, err := presence.New(presence.Config{Backend: st, Replica: replica, Now: clk.Now,
+		TTL: 10 * time.Second, Heartbeat: 20 * time.Millisecond, ReapInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr, st
+}
+
+func online(t *testing.T, tr *presence.Tracker, user string) bool {
+	t.Helper()
+	m, err := tr.Online(t.Context(), []string{user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m[user]
+}
+
+func TestAddRemoveAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	a, _ := setup(t, "a", clk, r)
+	b, _ := setup(t, "b", clk, r)
+	m1, err := a.Add(t.Context(), "23")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(m1, "a ") {
+		t.Fatalf("member %q does not start with its replica", m1)
+	}
+	m2, err := b.Add(t.Context(), "23")
+	if err != nil || m2 == m1 {
+		t.Fatalf("second member %q, %v", m2, err)
+	}
+	if !online(t, b, "23") || online(t, b, "43") {
+		t.Fatal("wrong presence")
+	}
+	if err := a.Remove(t.Context(), "23", m1); err != nil {
+		t.Fatal(err)
+	}
+	if !online(t, a, "23") {
+		t.Fatal("23 offline while a socket on b is live")
+	}
+	if err := b.Remove(t.Context(), "23", m2); err != nil {
+		t.Fatal(err)
+	}
+	if online(t, a, "23") {
+		t.Fatal("23 online with no socket")
+	}
+	if a.Len() != 0 || b.Len() != 0 {
+		t.Fatalf("Len = %d, %d", a.Len(), b.Len())
+	}
+}
+
+func TestHeartbeatKeepsAliveAndDeadReplicaExpires(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	live, _ := setup(t, "live", clk, r)
+	dead, _ := setup(t, "dead", clk, r)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = live.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if _, err := live.Add(t.Context(), "alive"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dead.Add(t.Context(), "ghost"); err != nil { // dead never runs: no heartbeat
+		t.Fatal(err)
+	}
+	// Move time past the TTL in small steps, as heartbeats would see it.
+	for range 12 {
+		clk.Advance(time.Second)
+		time.Sleep(60 * time.Millisecond) // a few heartbeat ticks
+	}
+	if !online(t, live, "alive") {
+		t.Fatal("heartbeat did not keep a live socket online")
+	}
+	if online(t, live, "ghost") {
+		t.Fatal("a socket of a replica without heartbeat is still online after its TTL")
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	if _, err := presence.New(presence.Config{Replica: "a"}); err == nil {
+		t.Error("no backend accepted")
+	}
+	r := redistest.New(t)
+	if _, err := presence.New(presence.Config{Backend: store.New(r.Client, store.Config{})}); err == nil {
+		t.Error("no replica accepted")
+	}
+}
