@@ -1,0 +1,240 @@
+// Command chatload puts a chat load on a chatd server and reports the
+// throughput and latencies it saw: users connected in pairs, each sending
+// at a fixed rate, every send acknowledged and delivered.
+//
+//	chatload -url ws://127.0.0.1:8080/ws -users 1000 -rate 15000 -duration 30s
+//
+// Latencies: "ack" is send to "sent"; "delivery" is send to the peer's
+// "message". With -secret, clients present tokens; otherwise ?user=.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/chatd/chatd/auth"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "chatload:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	url      string
+	users    int
+	rate     float64
+	duration time.Duration
+	warmup   time.Duration
+	secret   string
+	prefix   string
+	text     int
+}
+
+// stats gathers latencies from every connection.
+type stats struct {
+	mu       sync.Mutex
+	ack      []time.Duration
+	delivery []time.Duration
+	sent     atomic.Int64
+	acked    atomic.Int64
+	recv     atomic.Int64
+	errs     atomic.Int64
+	counting atomic.Bool
+}
+
+func (s *stats) add(ack bool, d time.Duration) {
+	if !s.counting.Load() {
+		return
+	}
+	s.mu.Lock()
+	if ack {
+		s.ack = append(s.ack, d)
+	} else {
+		s.delivery = append(s.delivery, d)
+	}
+	s.mu.Unlock()
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c config
+	fs := flag.NewFlagSet("chatload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.url, "url", "ws://127.0.0.1:8080/ws", "chatd WebSocket `URL`")
+	fs.IntVar(&c.users, "users", 1000, "sockets (users), in pairs")
+	fs.Float64Var(&c.rate, "rate", 15000, "messages per second, all users together")
+	fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to measure")
+	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "load before measuring")
+	fs.StringVar(&c.secret, "secret", os.Getenv("CHAT_SECRET"), "token `secret`; empty uses ?user=")
+	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number")
+	fs.IntVar(&c.text, "text", 64, "message text `bytes`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.users < 2 || c.users%2 != 0 || c.rate <= 0 {
+		return errors.New("-users must be even and at least 2, -rate positive")
+	}
+	st := &stats{}
+	conns := make([]*websocket.Conn, c.users)
+	fmt.Fprintf(stdout, "connecting %d sockets to %s\n", c.users, c.url)
+	for i := range conns {
+		ws, err := dial(ctx, c, i)
+		if err != nil {
+			for _, w := range conns[:i] {
+				w.CloseNow()
+			}
+			return err
+		}
+		conns[i] = ws
+	}
+	runCtx, cancel := context.WithTimeout(ctx, c.warmup+c.duration)
+	defer cancel()
+	interval := time.Duration(float64(time.Second) * float64(c.users) / c.rate)
+	var wg sync.WaitGroup
+	for i, ws := range conns {
+		peer := i ^ 1
+		wg.Add(2)
+		go func() { defer wg.Done(); reader(runCtx, ws, st) }()
+		go func() { defer wg.Done(); sender(runCtx, ws, c, peer, interval, st) }()
+	}
+	time.Sleep(c.warmup)
+	st.counting.Store(true)
+	sent0, acked0, recv0 := st.sent.Load(), st.acked.Load(), st.recv.Load()
+	start := time.Now()
+	<-runCtx.Done()
+	elapsed := time.Since(start)
+	st.counting.Store(false)
+	sent, acked, recv := st.sent.Load()-sent0, st.acked.Load()-acked0, st.recv.Load()-recv0
+	for _, ws := range conns {
+		ws.Close(websocket.StatusNormalClosure, "")
+	}
+	wg.Wait()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	fmt.Fprintf(stdout, "sockets %d, target %.0f msg/s, measured %.1fs\n", c.users, c.rate, elapsed.Seconds())
+	fmt.Fprintf(stdout, "sent %d (%.0f/s), acked %d (%.0f/s), delivered %d (%.0f/s), errors %d\n",
+		sent, float64(sent)/elapsed.Seconds(), acked, float64(acked)/elapsed.Seconds(),
+		recv, float64(recv)/elapsed.Seconds(), st.errs.Load())
+	fmt.Fprintf(stdout, "ack      %s\n", quantiles(st.ack))
+	fmt.Fprintf(stdout, "delivery %s\n", quantiles(st.delivery))
+	return nil
+}
+
+func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
+	user := c.prefix + strconv.Itoa(i)
+	url := c.url + "?user=" + user
+	if c.secret != "" {
+		tok, err := auth.Mint(c.secret, user, time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		url = c.url + "?token=" + tok
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(dctx, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", user, err)
+	}
+	ws.SetReadLimit(1 << 20)
+	if _, _, err := ws.Read(dctx); err != nil { // ready
+		return nil, fmt.Errorf("ready %s: %w", user, err)
+	}
+	return ws, nil
+}
+
+// sender sends one message every interval, starting at a random phase. The
+// text carries the send time, so the peer can time the delivery, and the id
+// carries it too, for the ack.
+func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interval time.Duration, st *stats) {
+	select {
+	case <-time.After(rand.N(interval)):
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	pad := strings.Repeat("x", max(0, c.text-20))
+	to := c.prefix + strconv.Itoa(peer)
+	for {
+		now := time.Now().UnixNano()
+		frame := fmt.Sprintf(`{"type":"send","to":%q,"text":"%d %s","id":"%d"}`, to, now, pad, now)
+		if err := ws.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+			return
+		}
+		st.sent.Add(1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
+	var f struct {
+		Type    string `json:"type"`
+		ID      string `json:"id"`
+		Message struct {
+			Text string `json:"text"`
+		} `json:"message"`
+	}
+	for {
+		_, data, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		now := time.Now().UnixNano()
+		f.Type, f.ID, f.Message.Text = "", "", ""
+		if json.Unmarshal(data, &f) != nil {
+			st.errs.Add(1)
+			continue
+		}
+		switch f.Type {
+		case "sent":
+			st.acked.Add(1)
+			if t, err := strconv.ParseInt(f.ID, 10, 64); err == nil {
+				st.add(true, time.Duration(now-t))
+			}
+		case "message":
+			st.recv.Add(1)
+			ts, _, _ := strings.Cut(f.Message.Text, " ")
+			if t, err := strconv.ParseInt(ts, 10, 64); err == nil {
+				st.add(false, time.Duration(now-t))
+			}
+		case "error":
+			st.errs.Add(1)
+		}
+	}
+}
+
+func quantiles(d []time.Duration) string {
+	if len(d) == 0 {
+		return "no samples"
+	}
+	slices.Sort(d)
+	q := func(p float64) time.Duration {
+		return d[min(len(d)-1, int(p*float64(len(d))))].Round(10 * time.Microsecond)
+	}
+	return fmt.Sprintf("p50 %v  p90 %v  p99 %v  max %v  (n=%d)", q(.5), q(.9), q(.99), d[len(d)-1].Round(10*time.Microsecond), len(d))
+}
