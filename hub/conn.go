@@ -17,11 +17,11 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
-// outItem is one queued frame; stored is when a message was stored, for
-// the delivery latency metric.
+// outItem is one queued frame; stored is when a message was stored (unix
+// µs, 0 for other frames), for the delivery latency metric.
 type outItem struct {
 	frame  []byte
-	stored time.Time
+	stored int64
 }
 
 // conn is one WebSocket. The handler goroutine reads and answers frames;
@@ -31,8 +31,13 @@ type conn struct {
 	ws      *websocket.Conn // set under h.mu
 	user    string
 	id      string // presence member; set under h.mu
-	out     chan outItem
 	limiter *rate.Limiter
+
+	// The outbound queue: a slice that is empty (and costs nothing) while
+	// the socket is idle, bounded by QueueSize, and a wake-up for the writer.
+	qmu   sync.Mutex
+	queue []outItem
+	wake  chan struct{}
 
 	// watching is guarded by h.mu.
 	watching map[string]struct{}
@@ -50,12 +55,40 @@ func (c *conn) touch() { c.lastHeard.Store(time.Now().UnixNano()) }
 
 // enqueue queues a frame without blocking; a full queue closes the socket.
 func (c *conn) enqueue(it outItem) {
-	select {
-	case c.out <- it:
-	default:
+	c.qmu.Lock()
+	if len(c.queue) >= c.h.cfg.QueueSize {
+		c.qmu.Unlock()
 		c.h.m.slowConsumer()
 		c.shutdown(websocket.StatusPolicyViolation, "slow consumer: outbound queue full")
+		return
 	}
+	c.queue = append(c.queue, it)
+	c.qmu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take empties the queue and returns what it held.
+func (c *conn) take() []outItem {
+	c.qmu.Lock()
+	q := c.queue
+	c.queue = nil
+	c.qmu.Unlock()
+	return q
+}
+
+// flush writes everything queued, until the queue stays empty.
+func (c *conn) flush(ctx context.Context) bool {
+	for q := c.take(); len(q) > 0; q = c.take() {
+		for _, it := range q {
+			if !c.write(ctx, it) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // shutdown asks the writer to close the socket with code; the first call wins.
@@ -131,8 +164,8 @@ func (c *conn) writeLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case it := <-c.out:
-			if !c.write(ctx, it) {
+		case <-c.wake:
+			if !c.flush(ctx) {
 				return
 			}
 		case <-c.quit:
@@ -141,10 +174,8 @@ func (c *conn) writeLoop(ctx context.Context) {
 				c.closing.Store(true)
 				c.busy.Lock()
 				c.busy.Unlock() //nolint:staticcheck // an empty section waits for the reader
-				for n := len(c.out); n > 0; n-- {
-					if !c.write(ctx, <-c.out) {
-						return
-					}
+				if !c.flush(ctx) {
+					return
 				}
 			}
 			c.ws.Close(c.quitCode, c.quitWhy)
@@ -173,8 +204,8 @@ func (c *conn) write(ctx context.Context, it outItem) bool {
 		c.ws.CloseNow()
 		return false
 	}
-	if !it.stored.IsZero() {
-		c.h.m.delivered(time.Since(it.stored))
+	if it.stored != 0 {
+		c.h.m.delivered(time.Since(time.UnixMicro(it.stored)))
 	}
 	return true
 }

@@ -160,7 +160,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &conn{
 		h:       h,
 		user:    user,
-		out:     make(chan outItem, h.cfg.QueueSize),
+		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
 	}
@@ -295,7 +295,11 @@ func (h *Hub) Deliver(d store.Delivery) {
 			if c.id != "" && c.id == d.Origin {
 				continue
 			}
-			c.enqueue(outItem{frame: d.Frame, stored: d.Stored})
+			it := outItem{frame: d.Frame}
+			if !d.Stored.IsZero() {
+				it.stored = d.Stored.UnixMicro()
+			}
+			c.enqueue(it)
 		}
 	}
 }

@@ -29,6 +29,7 @@ type config struct {
 	maxPerUser  int
 	queue       int
 	presenceTTL time.Duration
+	debugAddr   string
 	logFormat   string
 	logLevel    string
 	showVersion bool
@@ -76,6 +77,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica")
 	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
+	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
 	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", env("CHAT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env CHAT_LOG_LEVEL)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")

@@ -82,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.url, "url", "ws://127.0.0.1:8080/ws", "chatd WebSocket `URL`")
 	fs.IntVar(&c.users, "users", 1000, "sockets (users), in pairs")
-	fs.Float64Var(&c.rate, "rate", 15000, "messages per second, all users together")
+	fs.Float64Var(&c.rate, "rate", 15000, "messages per second, all users together; 0 holds idle sockets")
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to measure")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "load before measuring")
 	fs.StringVar(&c.secret, "secret", os.Getenv("CHAT_SECRET"), "token `secret`; empty uses ?user=")
@@ -91,8 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.users < 2 || c.users%2 != 0 || c.rate <= 0 {
-		return errors.New("-users must be even and at least 2, -rate positive")
+	if c.users < 2 || c.users%2 != 0 || c.rate < 0 {
+		return errors.New("-users must be even and at least 2, -rate not negative")
 	}
 	st := &stats{}
 	conns := make([]*websocket.Conn, c.users)
@@ -106,6 +106,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		conns[i] = ws
+	}
+	if c.rate == 0 {
+		// Idle sockets: hold them, so the server's memory per socket shows.
+		fmt.Fprintf(stdout, "holding %d idle sockets for %v\n", c.users, c.duration)
+		select {
+		case <-time.After(c.duration):
+		case <-ctx.Done():
+		}
+		for _, ws := range conns {
+			ws.Close(websocket.StatusNormalClosure, "")
+		}
+		return nil
 	}
 	runCtx, cancel := context.WithTimeout(ctx, c.warmup+c.duration)
 	defer cancel()
