@@ -50,7 +50,7 @@ func (v *Verifier) User(r *http.Request) (string, error) {
 			return "", fmt.Errorf("%w: dev mode needs ?user=<id>", ErrUnauthenticated)
 		}
 		if err := v.validate(user); err != nil {
-			return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+			return "", fmt.Errorf("%w: ?user=: %w", ErrUnauthenticated, err)
 		}
 		return user, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -315,7 +316,7 @@ func (c *conn) checkUser(id, field, user string) bool {
 		return false
 	}
 	if err := store.ValidateUser(user); err != nil {
-		c.fail(id, CodeBadRequest, fmt.Sprintf("%s: %v", field, err))
+		c.fail(id, CodeBadRequest, fmt.Sprintf("%s: %s", field, clientText(err)))
 		return false
 	}
 	return true
@@ -335,13 +336,15 @@ func (c *conn) storeFailed(id, what string, err error) {
 	}
 }
 
-// trimErr drops the package tag of a store validation error.
-func trimErr(err error) string {
+// trimErr words a store validation error for a client.
+func trimErr(err error) string { return clientText(err) }
+
+// clientText drops the package tags ("store: invalid request: ") from a
+// validation error, leaving the words meant for a client.
+func clientText(err error) string {
 	s := err.Error()
-	for _, p := range []string{store.ErrInvalid.Error() + ": ", store.ErrTooLarge.Error() + ": "} {
-		if len(s) > len(p) && s[:len(p)] == p {
-			return s[len(p):]
-		}
+	for _, p := range []string{store.ErrInvalid.Error() + ": ", store.ErrTooLarge.Error() + ": ", "store: "} {
+		s = strings.TrimPrefix(s, p)
 	}
 	return s
 }

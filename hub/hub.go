@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,7 +155,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user, err := h.cfg.Auth.User(r)
 	if err != nil {
 		h.m.error(CodeForbidden)
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "auth: "), "store: ", "")
+		http.Error(w, msg, http.StatusUnauthorized)
 		return
 	}
 	c := &conn{

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 )
@@ -48,10 +49,15 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, bytes.TrimRight(buf.Bytes(), "\n")...)
 }
 
-// formatTime renders seconds since the epoch with a fraction, as the seed.
+// formatTime renders seconds since the epoch with a fraction, as the
+// seed's time.time() does: always a float, "1732567890.0" on a whole second.
 func formatTime(t time.Time) (float64, []byte) {
 	f := float64(t.UnixMicro()) / 1e6
-	return f, strconv.AppendFloat(nil, f, 'f', -1, 64)
+	b := strconv.AppendFloat(nil, f, 'f', -1, 64)
+	if !bytes.ContainsRune(b, '.') {
+		b = append(b, ".0"...)
+	}
+	return f, b
 }
 
 // encodeElement builds the list entry for a message.
@@ -102,7 +108,7 @@ func decodeTime(raw json.RawMessage) (float64, error) {
 		raw = []byte(s)
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
-	if err != nil {
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, fmt.Errorf("%w: time %q", errMalformed, raw)
 	}
 	return f, nil

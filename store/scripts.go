@@ -10,7 +10,8 @@ import "github.com/redis/go-redis/v9"
 // before the reaper removes it. Routing reads the replica names out of them.
 
 // luaRoute is shared by the scripts that publish to the replicas holding
-// sockets of some users: it adds the replica of every live entry of key to set.
+// sockets of some users: route adds the replica of every live entry of key
+// to set and returns how many live entries there are.
 const luaRoute = `
 local function route(set, key, now)
   local members = redis.call('ZRANGEBYSCORE', key, now, '+inf')
@@ -18,6 +19,7 @@ local function route(set, key, now)
     local r = string.match(m, '^(%S+) ')
     if r then set[r] = true end
   end
+  return #members
 end
 local function publish(set, prefix, payload)
   for r in pairs(set) do redis.call('PUBLISH', prefix .. r, payload) end
@@ -48,15 +50,14 @@ if prev then
 end
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
 local now = tonumber(ARGV[3])
-if redis.call('ZCOUNT', KEYS[6], now, '+inf') == 0 then
+local set = {}
+if route(set, KEYS[6], now) == 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 end
+route(set, KEYS[7], now)
 redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. seq, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-local set = {}
-route(set, KEYS[6], now)
-route(set, KEYS[7], now)
 publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7])
 return {1, seq}
 `)
@@ -84,7 +85,8 @@ if unread and unread ~= '0' then redis.call('HSET', KEYS[2], ARGV[3], 0) end
 return {n, top, unread or '0', items}
 `)
 
-// readScript marks a conversation read and sends a receipt to both sides.
+// readScript marks a conversation read and sends a receipt to both sides
+// (none for an empty conversation: there is nothing to have read).
 //
 // KEYS: 1 reader's unread hash, 2 conversation list, 3 peer's presence,
 // 4 reader's presence.
@@ -96,6 +98,7 @@ var readScript = redis.NewScript(luaRoute + `
 local unread = redis.call('HGET', KEYS[1], ARGV[1])
 if unread and unread ~= '0' then redis.call('HSET', KEYS[1], ARGV[1], 0) end
 local n = redis.call('LLEN', KEYS[2])
+if n == 0 then return 0 end
 local now = tonumber(ARGV[2])
 local set = {}
 route(set, KEYS[3], now)
@@ -133,9 +136,12 @@ for i = 1, #h, 2 do unread[h[i]] = h[i + 1] end
 local function add(conv)
   if seen[conv] then return end
   seen[conv] = true
+  -- Only "<id>-<id>" names a conversation; skip other fields and keys
+  -- that are not lists.
+  if not string.match(conv, '^[%w_.@]+%-[%w_.@]+$') then return end
   local list = ARGV[2] .. conv
-  local n = redis.call('LLEN', list)
-  if n == 0 then return end
+  local n = redis.pcall('LLEN', list)
+  if type(n) ~= 'number' or n == 0 then return end
   out[#out + 1] = conv
   out[#out + 1] = n
   out[#out + 1] = redis.call('LINDEX', list, 0)
