@@ -1,0 +1,606 @@
+// End-to-end test of the browser client: two people chat through a real chatd server and Redis,
+// in headless Chromium. Needs REDIS_URL (e.g. redis://127.0.0.1:6379/0), Go, and /usr/bin/chromium.
+//
+//   REDIS_URL=redis://127.0.0.1:6379/0 bash e2e/browser/run.sh
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { chromium } from "playwright-core";
+import { Redis } from "./redis.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, "../..");
+const shots = path.join(here, "screenshots");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const XSS = "<img src=x onerror=alert(1)>";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const tid = (id) => `[data-testid="${id}"]`;
+
+let tmp;
+let bin;
+let port;
+let prefix;
+let server;       // the running chatd: {proc, log, exited}
+let browser;
+const pages = {}; // name -> page, for screenshots when something fails
+const problems = []; // uncaught page errors and dialogs: any is a failure
+
+// ---------- the server ----------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function startServer(at = port, ...extra) {
+  const args = ["-addr", `127.0.0.1:${at}`, "-redis", process.env.REDIS_URL, "-prefix", prefix,
+    "-drain-delay", "0", "-drain-window", "0", ...extra];
+  const proc = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const s = { proc, port: at, log: [], code: null };
+  const keep = (chunk) => {
+    s.log.push(...chunk.toString().split("\n").filter(Boolean));
+    if (s.log.length > 400) s.log.splice(0, s.log.length - 400);
+  };
+  proc.stdout.on("data", keep);
+  proc.stderr.on("data", keep);
+  s.exited = new Promise((resolve) => proc.once("exit", (code, signal) => {
+    s.code = code;
+    s.signal = signal;
+    resolve(code);
+  }));
+  return s;
+}
+
+async function waitReady(s, timeout = 30000) {
+  const end = Date.now() + timeout;
+  while (Date.now() < end) {
+    if (s.code !== null) throw new Error(`chatd exited with code ${s.code} before it was ready:\n${s.log.join("\n")}`);
+    try {
+      const resp = await fetch(`http://127.0.0.1:${s.port}/readyz`);
+      if (resp.status === 200) return;
+    } catch { /* not listening yet */ }
+    await sleep(100);
+  }
+  throw new Error(`chatd was not ready after ${timeout} ms:\n${s.log.join("\n")}`);
+}
+
+async function stopServer(s, timeout = 15000) {
+  if (!s || s.code !== null) return s ? s.code : null;
+  s.proc.kill("SIGTERM");
+  const code = await Promise.race([s.exited, sleep(timeout).then(() => "timeout")]);
+  if (code === "timeout") {
+    s.proc.kill("SIGKILL");
+    await s.exited;
+    throw new Error(`chatd did not stop within ${timeout} ms of SIGTERM:\n${s.log.slice(-40).join("\n")}`);
+  }
+  return code;
+}
+
+/** jwt signs an HS256 token, for tokens the server's own command would refuse to make (expired ones). */
+function jwt(secret, claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${body}.${crypto.createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+// ---------- pages ----------
+
+async function newPage(context, name) {
+  const page = await context.newPage();
+  page.on("pageerror", (err) => problems.push(`${name}: uncaught ${err.message}`));
+  page.on("dialog", (d) => {
+    problems.push(`${name}: a ${d.type()} dialog opened: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
+  pages[name] = page;
+  return page;
+}
+
+/** waitFor polls `check` (returning [ok, detail]) until ok, or fails saying what it last saw. */
+async function waitFor(what, check, timeout = 20000) {
+  const end = Date.now() + timeout;
+  let detail;
+  for (;;) {
+    try {
+      const [ok, d] = await check();
+      if (ok) return d;
+      detail = d;
+    } catch (err) {
+      detail = err.message;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeout} ms waiting for ${what}; last seen: ${JSON.stringify(detail)}`);
+    await sleep(100);
+  }
+}
+
+/** messages lists the message bubbles of the open conversation, top to bottom. */
+function messages(page) {
+  return page.$$eval(`${tid("message-list")} > ${tid("message")}`, (els) => els.map((e) => ({
+    seq: e.dataset.seq ? Number(e.dataset.seq) : null,
+    from: e.dataset.from,
+    state: e.dataset.state || "",
+    text: e.querySelector('[data-testid="message-text"]').textContent,
+  })));
+}
+
+function convItem(page, user) {
+  return page.locator(`${tid("conv-item")}[data-user="${user}"]`);
+}
+
+async function presenceOf(page, user) {
+  return convItem(page, user).locator(tid("conv-presence")).getAttribute("data-online");
+}
+
+async function unreadOf(page, user) {
+  const badge = convItem(page, user).locator(tid("conv-unread"));
+  return (await badge.isVisible()) ? (await badge.textContent()).trim() : "";
+}
+
+async function send(page, text) {
+  const input = page.locator(tid("composer-input"));
+  await input.fill(text);
+  await input.press("Enter");
+}
+
+/** sendAndWait sends `text` and waits until the server has acknowledged it. */
+async function sendAndWait(page, text) {
+  await send(page, text);
+  await waitFor(`"${text}" to be sent`, async () => {
+    const m = (await messages(page)).filter((x) => x.text === text);
+    return [m.length === 1 && (m[0].state === "sent" || m[0].state === "read"), m];
+  });
+}
+
+async function bannerVisible(page) {
+  return page.locator(tid("conn-banner")).isVisible();
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(shots, `${name}.png`) });
+}
+
+// ---------- setup and teardown ----------
+
+before(async () => {
+  if (!process.env.REDIS_URL) {
+    throw new Error("REDIS_URL is not set: this test needs a Redis, e.g. REDIS_URL=redis://127.0.0.1:6379/0");
+  }
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium package`);
+  fs.mkdirSync(shots, { recursive: true });
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "chatd-e2e-"));
+  bin = path.join(tmp, "chatd");
+  await promisify(execFile)("go", ["build", "-o", bin, "./cmd/chatd"], { cwd: root, timeout: 300000 });
+  port = await freePort();
+  prefix = `e2e-browser-${process.pid}-${Date.now().toString(36)}:`;
+  server = startServer();
+  await waitReady(server);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  for (const [name, page] of Object.entries(pages)) {
+    if (!page.isClosed()) await shot(page, `last-${name}`).catch(() => {});
+  }
+  if (browser) await browser.close().catch(() => {});
+  let stopErr;
+  try {
+    await stopServer(server);
+  } catch (err) {
+    stopErr = err;
+  }
+  if (process.env.REDIS_URL && prefix) {
+    const redis = await Redis.connect(process.env.REDIS_URL);
+    try {
+      await redis.deleteMatching(`${prefix}*`);
+      assert.deepEqual(await redis.keys(`${prefix}*`), [], "keys left in Redis after cleanup");
+    } finally {
+      redis.close();
+    }
+  }
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  if (stopErr) throw stopErr;
+});
+
+// ---------- the scenario ----------
+
+test("two people chat in the browser through a server restart", { timeout: 240000 }, async (t) => {
+  const base = `http://127.0.0.1:${port}`;
+  const desktop = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+  const sent = []; // every text sent in the conversation between 23 and 43, in the order sent
+
+  // 23 signs in with the form (after a wrong id), 43 with a #user= link.
+  const p23 = await newPage(desktop, "23-desktop");
+  await p23.goto(base);
+  await p23.locator(tid("signin-user")).fill("twenty three");
+  await p23.locator(tid("signin-submit")).click();
+  assert.match(await p23.locator(tid("signin-error")).textContent(), /letters/);
+  await shot(p23, "signin-desktop");
+  await p23.locator(tid("signin-user")).fill("23");
+  await p23.locator(tid("signin-submit")).click();
+  await p23.locator(tid("app")).waitFor();
+  assert.equal((await p23.locator(tid("me")).textContent()).trim(), "23");
+
+  let p43 = await newPage(phone, "43-phone");
+  await p43.goto(`${base}/#user=43`);
+  await p43.locator(tid("app")).waitFor();
+  assert.equal(new URL(p43.url()).hash, "", "the credential is taken out of the address bar");
+
+  await t.test("23 starts a conversation and sees 43 online", async () => {
+    await p23.locator(tid("new-chat-input")).fill("43");
+    await p23.locator(tid("new-chat-input")).press("Enter");
+    await waitFor("the conversation with 43 to open", async () => [(await p23.locator(tid("chat-title")).textContent()) === "43"]);
+    await waitFor("43's presence dot to turn on", async () => [(await presenceOf(p23, "43")) === "true"]);
+  });
+
+  await t.test("they chat both ways, with read marks and typing", async () => {
+    await sendAndWait(p23, "Hello 43, this is 23");
+    sent.push("Hello 43, this is 23");
+    await waitFor("23 in 43's list with 1 unread", async () => [(await unreadOf(p43, "23")) === "1", await unreadOf(p43, "23")]);
+    await convItem(p43, "23").click();
+    await waitFor("43 to see the message", async () => {
+      const m = await messages(p43);
+      return [m.some((x) => x.text === "Hello 43, this is 23" && x.from === "23"), m];
+    });
+    await waitFor("23's message to be marked read", async () => {
+      const m = await messages(p23);
+      return [m.length === 1 && m[0].state === "read", m];
+    });
+
+    await p43.locator(tid("composer-input")).click();
+    await p43.locator(tid("composer-input")).pressSequentially("Hi 23! Nice to", { delay: 60 });
+    await waitFor("23 to see that 43 is typing", async () => {
+      const typing = p23.locator(tid("typing-indicator"));
+      return [(await typing.isVisible()) && (await typing.textContent()).includes("43 is typing")];
+    });
+    await p43.locator(tid("composer-input")).pressSequentially(" meet you", { delay: 20 });
+    await p43.locator(tid("composer-input")).press("Shift+Enter");
+    await p43.locator(tid("composer-input")).pressSequentially("Second line", { delay: 10 });
+    await p43.locator(tid("composer-input")).press("Enter");
+    const reply = "Hi 23! Nice to meet you\nSecond line";
+    sent.push(reply);
+    await waitFor("23 to get 43's two-line reply", async () => {
+      const m = await messages(p23);
+      return [m.some((x) => x.text === reply && x.from === "43"), m];
+    });
+    await waitFor("the typing indicator to go away", async () => [!(await p23.locator(tid("typing-indicator")).isVisible())]);
+    await waitFor("43's reply to be marked read by 23", async () => {
+      const m = await messages(p43);
+      return [m.find((x) => x.text === reply)?.state === "read", m];
+    });
+  });
+
+  await t.test("43 leaves, 23 writes three messages, 43 comes back to 3 unread", async () => {
+    await p43.close();
+    await waitFor("43's presence dot to turn off", async () => [(await presenceOf(p23, "43")) === "false"]);
+    assert.equal((await p23.locator(tid("chat-presence")).textContent()).trim(), "offline");
+    for (const text of ["Are you there?", "I have news", "Call me back"]) {
+      await sendAndWait(p23, text);
+      sent.push(text);
+    }
+    p43 = await newPage(phone, "43-phone");
+    await p43.goto(base); // signs in again from what the page remembered
+    await p43.locator(tid("app")).waitFor();
+    await waitFor("an unread badge of 3 for 23", async () => [(await unreadOf(p43, "23")) === "3", await unreadOf(p43, "23")]);
+    await waitFor("43's presence dot to turn on again", async () => [(await presenceOf(p23, "43")) === "true"]);
+    await shot(p43, "43-phone-list");
+    await convItem(p43, "23").click();
+    await waitFor("43 to see all four of 23's messages", async () => {
+      const m = await messages(p43);
+      return [m.filter((x) => x.from === "23").length === 4, m];
+    });
+    await waitFor("all of 23's messages to be marked read", async () => {
+      const m = (await messages(p23)).filter((x) => x.from === "23");
+      return [m.length === 4 && m.every((x) => x.state === "read"), m];
+    });
+    await waitFor("43's badge to clear", async () => [(await unreadOf(p43, "23")) === ""]);
+  });
+
+  await t.test("the server restarts mid-conversation and nothing is lost or doubled", async () => {
+    await sendAndWait(p23, "Before the restart");
+    sent.push("Before the restart");
+    // One message races the shutdown: its reply may or may not come before the socket closes.
+    await send(p43, "Racing the restart");
+    sent.push("Racing the restart");
+    const code = await stopServer(server);
+    assert.equal(code, 0, `chatd should exit 0 on SIGTERM:\n${server.log.slice(-20).join("\n")}`);
+    await waitFor("both pages to show they are disconnected", async () => [(await bannerVisible(p23)) && (await bannerVisible(p43))]);
+    await shot(p23, "23-desktop-disconnected");
+
+    await send(p23, "Written while the server was down");
+    sent.push("Written while the server was down");
+    await send(p43, "Me too, while down");
+    sent.push("Me too, while down");
+    await waitFor("the offline messages to wait for the connection", async () => {
+      const m = await messages(p23);
+      const last = m[m.length - 1];
+      return [last.text === "Written while the server was down" && last.state === "queued", last];
+    });
+
+    server = startServer();
+    await waitReady(server);
+    await waitFor("both pages to reconnect", async () => [!(await bannerVisible(p23)) && !(await bannerVisible(p43))], 30000);
+    await sendAndWait(p23, "After the restart");
+    sent.push("After the restart");
+    await sendAndWait(p43, "Welcome back");
+    sent.push("Welcome back");
+
+    for (const page of [p23, p43]) {
+      await waitFor("every message exactly once, stored, with no gap", async () => {
+        const m = await messages(page);
+        const texts = m.map((x) => x.text);
+        const complete = sent.every((s) => texts.filter((x) => x === s).length === 1) && m.length === sent.length;
+        const stored = m.every((x, i) => x.seq === i + 1);
+        const settled = m.every((x) => !["queued", "sending", "failed"].includes(x.state));
+        return [complete && stored && settled, m];
+      }, 30000);
+    }
+    const seen23 = (await messages(p23)).map((x) => `${x.seq}:${x.from}:${x.text}`);
+    const seen43 = (await messages(p43)).map((x) => `${x.seq}:${x.from}:${x.text}`);
+    assert.deepEqual(seen43, seen23, "both people see the same conversation");
+
+    // A fresh page reads the conversation from the server: it must hold the same, once each.
+    const fresh = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "23-fresh");
+    await fresh.goto(`${base}/#user=23`);
+    await convItem(fresh, "43").click();
+    await waitFor("the stored conversation to match", async () => {
+      const m = (await messages(fresh)).map((x) => `${x.seq}:${x.from}:${x.text}`);
+      return [JSON.stringify(m) === JSON.stringify(seen23), m];
+    });
+    await fresh.context().close();
+    delete pages["23-fresh"];
+  });
+
+  await t.test("markup in a message is shown as text", async () => {
+    await sendAndWait(p23, XSS);
+    sent.push(XSS);
+    await waitFor("43 to get the message", async () => {
+      const m = await messages(p43);
+      return [m[m.length - 1]?.text === XSS, m[m.length - 1]];
+    });
+    for (const page of [p23, p43]) {
+      const last = page.locator(`${tid("message-list")} > ${tid("message")}`).last().locator(tid("message-text"));
+      assert.equal(await last.textContent(), XSS);
+      assert.equal(await page.locator(`${tid("message-list")} img`).count(), 0, "no <img> element in the message list");
+    }
+    await sleep(300); // an onerror handler, had one been created, would have run by now
+  });
+
+  await t.test("screenshots", async () => {
+    await sendAndWait(p43, "Looks good on my phone");
+    await shot(p23, "23-desktop-chat");
+    await shot(p43, "43-phone-chat");
+    await p43.locator(tid("chat-back")).click();
+    await convItem(p43, "23").waitFor();
+    await shot(p43, "43-phone-list-after");
+  });
+
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+/** seed sends `n` messages "Message 1".."Message n" from `from` to `to` over a WebSocket of its own. */
+async function seed(page, from, to, n) {
+  await page.evaluate(async ({ from, to, n }) => {
+    const ws = new WebSocket(`ws://${location.host}/ws?user=${from}`);
+    const waiting = new Map();
+    await new Promise((resolve, reject) => {
+      ws.onerror = () => reject(new Error("seed socket failed"));
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.type === "ready") resolve();
+        const w = waiting.get(f.id);
+        if (w) {
+          waiting.delete(f.id);
+          w(f);
+        }
+      };
+    });
+    for (let i = 1; i <= n; i++) {
+      const id = `seed-${from}-${i}`;
+      for (;;) {
+        const reply = await new Promise((resolve) => {
+          waiting.set(id, resolve);
+          ws.send(JSON.stringify({ type: "send", to, text: `Message ${i}`, id }));
+        });
+        if (reply.type === "sent") break;
+        if (reply.code !== "rate_limited") throw new Error(`seed: ${JSON.stringify(reply)}`);
+        await new Promise((r) => setTimeout(r, (reply.retry_after || 0.1) * 1000));
+      }
+    }
+    ws.close(1000);
+  }, { from, to, n });
+}
+
+test("a long conversation scrolls back through history", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const seeder = await newPage(context, "77-seeder");
+  await seeder.goto(`${base}/icon.svg`);
+  await seed(seeder, "77", "88", 75);
+  await seeder.close();
+  delete pages["77-seeder"];
+
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "88-desktop");
+  await page.goto(`${base}/#user=88`);
+  await waitFor("75 unread from 77", async () => [(await unreadOf(page, "77")) === "75", await unreadOf(page, "77")]);
+  await convItem(page, "77").click();
+  await waitFor("the newest page (26 to 75)", async () => {
+    const seqs = (await messages(page)).map((x) => x.seq);
+    return [seqs.length === 50 && seqs[0] === 26 && seqs[49] === 75, seqs];
+  });
+  const scroller = page.locator(tid("message-scroll"));
+  assert.ok(await scroller.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight < 2), "opens at the newest message");
+  await scroller.evaluate((el) => { el.scrollTop = 0; });
+  await waitFor("the older page to come in above", async () => {
+    const m = await messages(page);
+    return [m.length === 75 && m.every((x, i) => x.seq === i + 1 && x.text === `Message ${i + 1}`), m.map((x) => x.seq)];
+  });
+  await waitFor("the start of the conversation to be marked", async () => [/beginning/.test(await page.locator(tid("history-note")).textContent())]);
+  const top = await scroller.evaluate((el) => el.scrollTop);
+  assert.ok(top > 200, `the view stays on the messages it showed (scrollTop ${top})`);
+  await shot(page, "88-desktop-history");
+  await page.context().close();
+  delete pages["88-desktop"];
+  await context.close();
+});
+
+test("a failed send is retried with the same id and stored once", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await newPage(context, "91-phone");
+  // Stand between the page and the server to make the failures happen on cue.
+  let mode = "pass";
+  let lost = "";
+  const sendIds = [];
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((msg) => {
+      const f = JSON.parse(msg);
+      if (f.type === "send") sendIds.push(f.id);
+      if (f.type === "send" && mode === "refuse") {
+        mode = "pass";
+        ws.send(JSON.stringify({ type: "error", id: f.id, code: "unavailable", message: "storage unavailable" }));
+        return;
+      }
+      if (f.type === "send" && mode === "lose-reply") {
+        mode = "dropping";
+        lost = f.id;
+      }
+      server.send(msg);
+    });
+    server.onMessage((msg) => {
+      const f = JSON.parse(msg);
+      if (mode === "dropping" && f.type === "sent" && f.id === lost) {
+        // Stored, but the socket goes before the reply reaches the page.
+        mode = "pass";
+        ws.close({ code: 1012, reason: "service restart" });
+        return;
+      }
+      ws.send(msg);
+    });
+  });
+  await page.goto(`${base}/#user=91`);
+  await page.locator(tid("app")).waitFor();
+  await page.locator(tid("new-chat-input")).fill("92");
+  await page.locator(tid("new-chat-submit")).click();
+  await page.locator(tid("composer-input")).waitFor();
+  await waitFor("the empty conversation to load", async () => [/No messages yet/.test(await page.locator(tid("history-note")).textContent())]);
+
+  mode = "refuse";
+  await send(page, "Refused the first time");
+  await waitFor("the send to show as failed with a retry", async () => {
+    const m = await messages(page);
+    return [m.length === 1 && m[0].state === "failed" && (await page.locator(tid("message-retry")).isVisible()), m];
+  });
+  await shot(page, "91-phone-failed");
+  await page.locator(tid("message-retry")).click();
+  await waitFor("the retry to be stored", async () => {
+    const m = await messages(page);
+    return [m.length === 1 && m[0].seq === 1 && m[0].state === "sent", m];
+  });
+  assert.equal(new Set(sendIds).size, 1, `the retry reuses the id: ${sendIds}`);
+
+  mode = "lose-reply";
+  await send(page, "Stored but the reply was lost");
+  await waitFor("the lost reply to be recovered", async () => {
+    const m = await messages(page);
+    return [mode === "pass" && m.length === 2 && m[1].seq === 2 && m[1].state === "sent", m];
+  }, 20000);
+  assert.equal(sendIds.filter((id) => id === lost).length, 2, "the message was sent again with the same id");
+
+  // The server holds each message once.
+  const fresh = await newPage(await browser.newContext(), "91-fresh");
+  await fresh.goto(`${base}/#user=91`);
+  await convItem(fresh, "92").click();
+  await waitFor("the stored conversation to hold each message once", async () => {
+    const m = (await messages(fresh)).map((x) => `${x.seq}:${x.text}`);
+    return [JSON.stringify(m) === JSON.stringify(["1:Refused the first time", "2:Stored but the reply was lost"]), m];
+  });
+  await fresh.context().close();
+  delete pages["91-fresh"];
+  await context.close();
+  delete pages["91-phone"];
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("sign in with a token", { timeout: 60000 }, async () => {
+  const secret = crypto.randomBytes(16).toString("hex");
+  const tokenServer = startServer(await freePort(), "-secret", secret);
+  try {
+    await waitReady(tokenServer);
+    const base = `http://127.0.0.1:${tokenServer.port}`;
+    const { stdout } = await promisify(execFile)(bin, ["token", "-user", "65", "-ttl", "1h", "-secret", secret]);
+    const good = stdout.trim();
+    const now = Math.floor(Date.now() / 1000);
+    const expired = jwt(secret, { sub: "65", iat: now - 7200, exp: now - 3600 });
+    const forged = jwt("not-the-secret", { sub: "65", iat: now, exp: now + 3600 });
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await newPage(context, "65-token");
+    await page.goto(base);
+    const error = page.locator(tid("signin-error"));
+    const submit = page.locator(tid("signin-submit"));
+
+    await page.locator(tid("signin-user")).fill("65");
+    await submit.click();
+    await waitFor("a user id to be refused by a server with a secret", async () => [/needs a token/.test(await error.textContent()), await error.textContent()]);
+
+    await page.locator(tid("signin-mode-token")).check();
+    const input = page.locator(tid("signin-token"));
+    await input.fill("not a token");
+    await submit.click();
+    assert.match(await error.textContent(), /not a token/);
+    await input.fill(forged);
+    await submit.click();
+    await waitFor("a forged token to be rejected", async () => [/rejected/.test(await error.textContent()), await error.textContent()]);
+    await input.fill(expired);
+    await submit.click();
+    await waitFor("an expired token to be called expired", async () => [/expired/.test(await error.textContent()), await error.textContent()]);
+    await shot(page, "signin-token-expired");
+    await page.close();
+    delete pages["65-token"];
+
+    // A link with a token the server refuses: the page finds out when it connects.
+    const refused = await newPage(await browser.newContext(), "65-refused");
+    await refused.goto(`${base}/#token=${expired}`);
+    await waitFor("the sign-in form to say the linked token expired", async () => {
+      const text = await refused.locator(tid("signin-error")).textContent();
+      return [(await refused.locator(tid("signin-form")).isVisible()) && /expired/.test(text), text];
+    });
+    await refused.context().close();
+    delete pages["65-refused"];
+
+    const linked = await newPage(context, "65-token");
+    await linked.goto(`${base}/#token=${good}`);
+    await linked.locator(tid("app")).waitFor();
+    await waitFor("the token's user to be signed in", async () => [(await linked.locator(tid("me")).textContent()) === "65"]);
+    await linked.reload(); // the choice is remembered
+    await linked.locator(tid("app")).waitFor();
+    await waitFor("the token's user to stay signed in", async () => [(await linked.locator(tid("me")).textContent()) === "65"]);
+    await context.close();
+    delete pages["65-token"];
+  } finally {
+    const code = await stopServer(tokenServer);
+    assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
+  }
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
