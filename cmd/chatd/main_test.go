@@ -274,3 +274,63 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// After Redis loses everything (a restart without persistence), a replica
+// notices the broken pub/sub link, writes its presence entries again and
+// tells its sockets to resync; messages stored after that arrive live.
+func TestRedisRestartResyncsAndDeliversLive(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	replica := "restart-" + strings.TrimSuffix(r.Prefix[len("chatdtest:"):], ":")
+	s := start(t, map[string]string{}, "-redis", r.URL, "-prefix", r.Prefix, "-replica", replica)
+	a, _ := dial(t, "ws://"+s.addr+"/ws?user=23")
+
+	if r.Mini != nil {
+		r.Mini.Close()
+		r.Mini.FlushAll()
+		if err := r.Mini.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		redistest.Clean(t, r.Client, r.Prefix+"*")
+		killPubSub(t, r, "chatd-"+replica)
+	}
+	if f := read(t, a); f["type"] != "resync" {
+		t.Fatalf("got %v, want resync", f)
+	}
+	// The sender is on another replica, so only 23's own presence entry
+	// can route the message to 23's replica.
+	s2 := start(t, map[string]string{}, "-redis", r.URL, "-prefix", r.Prefix, "-replica", replica+"-2")
+	b, _ := dial(t, "ws://"+s2.addr+"/ws?user=43")
+	write(t, b, `{"type":"send","to":"23","text":"after the restart","id":"r1"}`)
+	if f := read(t, b); f["type"] != "sent" {
+		t.Fatalf("got %v", f)
+	}
+	if f := read(t, a); f["type"] != "message" {
+		t.Fatalf("23 got %v, want the message live", f)
+	}
+}
+
+// killPubSub kills the real Redis pub/sub connection of the replica whose
+// connections are named name (chatd names them "chatd-<replica>").
+func killPubSub(t *testing.T, r *redistest.Redis, name string) {
+	t.Helper()
+	list, err := r.Client.ClientList(t.Context()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(list, "\n") {
+		if !strings.Contains(line, " name="+name+" ") || strings.Contains(line, " sub=0 ") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				if err := r.Client.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("no pub/sub connection named %s in:\n%s", name, list)
+}

@@ -84,7 +84,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(build)
 
-	rdb, redisName, stopRedis, err := openRedis(cfg.redisURL)
+	rdb, redisName, stopRedis, err := openRedis(cfg.redisURL, "chatd-"+cfg.replica)
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		QueueSize: cfg.queue, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
 		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
 	})
-	sub := st.Subscribe(cfg.replica, resyncCounter{h, metrics})
+	resync := make(chan struct{}, 1)
+	sub := st.Subscribe(cfg.replica, resyncSignal{h, resync})
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -123,7 +124,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	defer func() { stopBG(); wg.Wait() }()
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); resyncLoop(bg, resync, tracker, h, metrics) }()
 	go func() {
 		defer wg.Done()
 		if err := sub.Run(bg); err != nil {
@@ -250,20 +252,41 @@ func canaryLoop(ctx context.Context, sub *store.Subscriber, m *hub.Metrics, log 
 	}
 }
 
-// resyncCounter counts pub/sub restorations on their way to the hub.
-type resyncCounter struct {
+// resyncSignal hands pub/sub events to the hub, except Resync, which it
+// passes to resyncLoop without blocking the subscriber.
+type resyncSignal struct {
 	*hub.Hub
-	m *hub.Metrics
+	kick chan<- struct{}
 }
 
-func (r resyncCounter) Resync() {
-	r.m.PubSubRestarts.Inc()
-	r.Hub.Resync()
+func (r resyncSignal) Resync() {
+	select {
+	case r.kick <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// resyncLoop answers a restored pub/sub link: it first writes this
+// replica's presence entries again (a restarted Redis has lost them, and
+// without them nothing is routed here), then tells every socket to catch
+// up, so that anything stored after the resync is delivered live.
+func resyncLoop(ctx context.Context, kick <-chan struct{}, tr *presence.Tracker, h *hub.Hub, m *hub.Metrics) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+			m.PubSubRestarts.Inc()
+			tr.Refresh(ctx)
+			h.Resync()
+		}
+	}
 }
 
 // openRedis connects to url, or starts an embedded in-memory Redis when url
-// is empty. It returns a name for the log without credentials.
-func openRedis(url string) (redis.UniversalClient, string, func(), error) {
+// is empty. Its connections are named client (CLIENT LIST shows it). It
+// returns a name for the log without credentials.
+func openRedis(url, client string) (redis.UniversalClient, string, func(), error) {
 	if url == "" {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
@@ -288,13 +311,14 @@ func openRedis(url string) (redis.UniversalClient, string, func(), error) {
 			}
 		}()
 		stop := func() { close(done); <-stopped; mr.Close() }
-		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ClientName: client})
 		return rdb, "embedded (in memory, nothing is kept; use -redis for a real Redis)", stop, nil
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("-redis: %w", err)
 	}
+	opt.ClientName = client
 	name := opt.Addr + "/" + fmt.Sprint(opt.DB)
 	if i := strings.Index(url, "://"); i > 0 {
 		name = url[:i] + "://" + name
