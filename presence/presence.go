@@ -160,4 +160,18 @@ func (t *Tracker) Refresh(ctx context.Context) {
 	if err := t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL)); err != nil && ctx.Err() == nil {
 		t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
 	}
+	// A connection removed while the refresh ran may have been written
+	// back by it: remove it again, or it would read online until it expires.
+	t.mu.Lock()
+	for m := range conns {
+		if _, ok := t.conns[m]; ok {
+			delete(conns, m)
+		}
+	}
+	t.mu.Unlock()
+	for m, u := range conns {
+		if _, err := t.cfg.Backend.Disconnect(ctx, u, m); err != nil && ctx.Err() == nil {
+			t.cfg.Logger.Warn("presence cleanup failed", "err", err)
+		}
+	}
 }

@@ -121,3 +121,42 @@ func TestNewValidates(t *testing.T) {
 		t.Error("no replica accepted")
 	}
 }
+
+// racyBackend runs hook inside Refresh, before the entries are written:
+// a socket closing while a heartbeat is in flight.
+type racyBackend struct {
+	*store.Store
+	hook func()
+}
+
+func (b *racyBackend) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error {
+	if b.hook != nil {
+		b.hook()
+		b.hook = nil
+	}
+	return b.Store.Refresh(ctx, conns, expiry)
+}
+
+func TestRemoveDuringHeartbeatStaysRemoved(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	b := &racyBackend{Store: store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now})}
+	tr, err := presence.New(presence.Config{Backend: b, Replica: "a", Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := tr.Add(t.Context(), "23")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.hook = func() {
+		if err := tr.Remove(t.Context(), "23", m); err != nil {
+			t.Error(err)
+		}
+	}
+	tr.Refresh(t.Context())
+	if online(t, tr, "23") {
+		t.Fatal("a socket removed during a heartbeat reads online again")
+	}
+}

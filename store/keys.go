@@ -77,13 +77,17 @@ func Peer(conv, me string) (string, bool) {
 	if !ok {
 		return "", false
 	}
+	peer := ""
 	switch me {
 	case hi:
-		return lo, ValidateUser(lo) == nil
+		peer = lo
 	case lo:
-		return hi, ValidateUser(hi) == nil
+		peer = hi
 	}
-	return "", false
+	if peer == "" || ValidateUser(peer) != nil {
+		return "", false
+	}
+	return peer, true
 }
 
 // keys builds every Redis key and channel name chatd uses. The seed's keys

@@ -1,0 +1,91 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchText is a message of a typical length.
+const benchText = "see you at the station at 6, the train leaves at 6:20 🚆"
+
+// BenchmarkSend measures stored messages per second with 1, 8 and 64
+// goroutines sending at once, each in its own conversation with an offline
+// recipient (so every send also bumps an unread count). b.N is the total
+// number of messages across all senders.
+func BenchmarkSend(b *testing.B) {
+	for _, senders := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("senders=%d", senders), func(b *testing.B) {
+			f := newFixture(b, Config{Now: time.Now})
+			ctx := context.Background()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for g := range senders {
+				wg.Go(func() {
+					from, to := strconv.Itoa(100000+g), strconv.Itoa(200000+g)
+					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+						req := SendRequest{From: from, To: to, Text: benchText, ClientID: "b" + strconv.FormatInt(i, 10)}
+						if _, _, err := f.s.Send(ctx, req); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkHistoryPage measures one 50-message page of a 10,000-message
+// conversation, at the newest end and from the middle.
+func BenchmarkHistoryPage(b *testing.B) {
+	const length = 10000
+	f := newFixture(b, Config{Now: time.Now})
+	ctx := context.Background()
+	conv := ConvKey("23", "43")
+	ts := time.Now().Add(-time.Hour)
+	for done := 0; done < length; {
+		pipe := f.r.Client.Pipeline()
+		for range 1000 {
+			_, tsText := formatTime(ts.Add(time.Duration(done) * time.Second))
+			pipe.LPush(ctx, f.k.conv(conv), encodeElement("23", "43", benchText, tsText))
+			done++
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, bc := range []struct {
+		name   string
+		before int64
+	}{{"newest", 0}, {"middle", length / 2}} {
+		b.Run(bc.name, func(b *testing.B) {
+			page, err := f.s.History(ctx, "43", "23", bc.before, DefaultPageSize)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(page.Messages) != DefaultPageSize || !page.More {
+				b.Fatalf("page of %d messages, more %v", len(page.Messages), page.More)
+			}
+			b.ReportAllocs()
+			start := time.Now()
+			for b.Loop() {
+				if _, err := f.s.History(ctx, "43", "23", bc.before, DefaultPageSize); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pages/s")
+		})
+	}
+}

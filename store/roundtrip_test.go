@@ -1,0 +1,150 @@
+package store
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestOneRoundTrip counts the commands each operation sends: one EVALSHA
+// once the script is loaded, and after SCRIPT FLUSH one NOSCRIPT EVALSHA and
+// the EVAL that loads it again, then one EVALSHA again.
+//
+// Not parallel: SCRIPT FLUSH empties the script cache of the whole Redis,
+// which would add commands to the counts of tests running beside it.
+func TestOneRoundTrip(t *testing.T) {
+	f := newFixture(t, Config{})
+	s, cmds := f.countingStore(t)
+	ctx := f.ctx
+	if _, err := s.Connect(ctx, "65", "r1 c1", f.clock.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ops := []struct {
+		name  string
+		run   func() error
+		check func(t *testing.T) // the operation did its work
+	}{
+		{"Send", func() error {
+			_, _, err := s.Send(ctx, SendRequest{From: "23", To: "43", Text: "hi"})
+			return err
+		}, func(t *testing.T) {
+			if n := f.llen(t, "43-23"); n == 0 {
+				t.Fatal("Send stored nothing")
+			}
+		}},
+		{"Send duplicate", func() error {
+			_, _, err := s.Send(ctx, SendRequest{From: "23", To: "43", Text: "hi", ClientID: "same"})
+			return err
+		}, nil},
+		{"History", func() error {
+			_, err := s.History(ctx, "43", "23", 0, 0)
+			return err
+		}, func(t *testing.T) {
+			if got := f.unreadField(t, "43", "43-23"); got != "0" {
+				t.Fatalf("History left unread %q", got)
+			}
+		}},
+		{"MarkRead", func() error {
+			f.hset(t, "43", "43-23", "5") // through the uncounted client
+			_, err := s.MarkRead(ctx, "43", "23", "")
+			return err
+		}, func(t *testing.T) {
+			if got := f.unreadField(t, "43", "43-23"); got != "0" {
+				t.Fatalf("MarkRead left unread %q", got)
+			}
+		}},
+		{"Inbox", func() error {
+			_, _, err := s.Inbox(ctx, "43", 0)
+			return err
+		}, nil},
+		{"Typing", func() error { return s.Typing(ctx, "23", "65") }, nil},
+		{"Connect", func() error {
+			_, err := s.Connect(ctx, "43", "r1 c2", f.clock.Now().Add(time.Minute))
+			return err
+		}, nil},
+		{"Online", func() error {
+			on, err := s.Online(ctx, []string{"43", "65", "99"})
+			if err == nil && !(on["43"] && on["65"] && !on["99"]) {
+				t.Errorf("Online = %v", on)
+			}
+			return err
+		}, nil},
+		{"Disconnect", func() error {
+			_, err := s.Disconnect(ctx, "43", "r1 c2")
+			return err
+		}, nil},
+		{"Reap", func() error {
+			_, err := s.Reap(ctx, 100)
+			return err
+		}, nil},
+	}
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			if err := op.run(); err != nil { // loads the script if needed
+				t.Fatal(err)
+			}
+			cmds.take()
+			if err := op.run(); err != nil {
+				t.Fatal(err)
+			}
+			if got := cmds.take(); !slices.Equal(got, []string{"evalsha"}) {
+				t.Fatalf("%s sent %q, want one evalsha", op.name, got)
+			}
+			if op.check != nil {
+				op.check(t)
+			}
+
+			if err := f.r.Client.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := op.run(); err != nil {
+				t.Fatalf("%s after SCRIPT FLUSH: %v", op.name, err)
+			}
+			switch got := cmds.take(); {
+			case slices.Equal(got, []string{"evalsha", "eval"}):
+			case f.r.Mini == nil && slices.Equal(got, []string{"evalsha"}):
+				// A real Redis is shared: another process may have loaded
+				// the script again between the flush and this call.
+				t.Logf("%s: script reloaded by another client after SCRIPT FLUSH", op.name)
+			default:
+				t.Fatalf("%s after SCRIPT FLUSH sent %q, want evalsha (NOSCRIPT) then eval", op.name, got)
+			}
+			if op.check != nil {
+				op.check(t)
+			}
+			if err := op.run(); err != nil {
+				t.Fatal(err)
+			}
+			if got := cmds.take(); !slices.Equal(got, []string{"evalsha"}) {
+				t.Fatalf("%s after reload sent %q, want one evalsha", op.name, got)
+			}
+		})
+	}
+	// Refresh loads its script, then pipelines one EVALSHA per connection.
+	t.Run("Refresh", func(t *testing.T) {
+		conns := map[string]string{"r1 a": "23", "r1 b": "43", "r1 c": "65"}
+		want := []string{"script", "evalsha", "evalsha", "evalsha"}
+		for _, flush := range []bool{false, true} {
+			if flush {
+				if err := f.r.Client.ScriptFlush(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cmds.take()
+			if err := s.Refresh(ctx, conns, f.clock.Now().Add(time.Minute)); err != nil {
+				t.Fatalf("Refresh (after SCRIPT FLUSH: %v): %v", flush, err)
+			}
+			if got := cmds.take(); !slices.Equal(got, want) {
+				t.Fatalf("Refresh (after SCRIPT FLUSH: %v) sent %q, want %q", flush, got, want)
+			}
+		}
+		on, err := s.Online(ctx, []string{"23", "43", "65"})
+		if err != nil || !on["23"] || !on["43"] || !on["65"] {
+			t.Fatalf("Online after Refresh = %v, %v", on, err)
+		}
+	})
+	if n := f.llen(t, "43-23"); n != 5 {
+		// Send ran 4 times; the duplicate stored once.
+		t.Fatalf("list length %d, want 5", n)
+	}
+}
