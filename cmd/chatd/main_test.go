@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/coder/websocket"
 
 	"github.com/chatd/chatd/auth"
@@ -333,4 +334,43 @@ func killPubSub(t *testing.T, r *redistest.Redis, name string) {
 		}
 	}
 	t.Fatalf("no pub/sub connection named %s in:\n%s", name, list)
+}
+
+func TestReadyzFollowsRedis(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	if r.Mini == nil {
+		// Stopping the shared real Redis would disturb every other test:
+		// run against a private miniredis in that mode too.
+		r = &redistest.Redis{}
+		r.Mini = miniredis.RunT(t)
+		r.URL = "redis://" + r.Mini.Addr() + "/0"
+	}
+	s := start(t, map[string]string{}, "-redis", r.URL)
+	status := func() int {
+		resp, err := http.Get("http://" + s.addr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	r.Mini.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for status() != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 with Redis gone")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := r.Mini.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for status() != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz not 200 again after Redis came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
