@@ -74,6 +74,7 @@ type Store struct {
 	idemMS int64
 	now    func() time.Time
 	log    *slog.Logger
+	sends  *batcher
 }
 
 // New returns a Store over rdb. It does not touch Redis.
@@ -93,6 +94,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 		idemMS: cfg.IdempotencyTTL.Milliseconds(),
 		now:    cfg.Now,
 		log:    cfg.Logger,
+		sends:  &batcher{rdb: rdb, script: sendScript},
 	}
 }
 
@@ -142,7 +144,7 @@ func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup boo
 	}
 	head, tail := messageFrame(conv, req.From, req.To, req.Text, tsText)
 	head = fmt.Appendf(nil, "m\t%s\t%s,%s\t%d\n%s", origin, req.To, req.From, now.UnixMicro(), head)
-	res, err := sendScript.Run(ctx, s.rdb,
+	reply, err := s.sends.run(ctx,
 		[]string{
 			s.keys.conv(conv), s.keys.unread(req.To), s.keys.idem(req.From, req.ClientID),
 			s.keys.inbox(req.From), s.keys.inbox(req.To),
@@ -150,9 +152,13 @@ func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup boo
 		},
 		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
 		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix,
-	).Slice()
+	)
 	if err != nil {
 		return Message{}, false, fmt.Errorf("send %s: %w", conv, err)
+	}
+	res, ok := reply.([]any)
+	if !ok {
+		return Message{}, false, fmt.Errorf("send %s: unexpected reply %v", conv, reply)
 	}
 	if len(res) == 2 {
 		seq, _ := res[1].(int64)
