@@ -43,6 +43,13 @@ type conn struct {
 	// watching is guarded by h.mu.
 	watching map[string]struct{}
 
+	// While presence queries are in flight (querying > 0), pushed changes
+	// are remembered in pushed, so that a query's answer, read from Redis
+	// before a push arrived, cannot be queued after it and undo it.
+	pmu      sync.Mutex
+	querying int
+	pushed   map[string]bool
+
 	quit      chan struct{}
 	quitOnce  sync.Once
 	quitCode  websocket.StatusCode
@@ -80,14 +87,18 @@ func (c *conn) take() []outItem {
 	return q
 }
 
-// flush writes everything queued, until the queue stays empty.
+// flush writes everything queued, until the queue stays empty. Each batch
+// taken from the queue has WriteTimeout to be written.
 func (c *conn) flush(ctx context.Context) bool {
 	for q := c.take(); len(q) > 0; q = c.take() {
+		wctx, cancel := context.WithTimeout(ctx, c.h.cfg.WriteTimeout)
 		for _, it := range q {
-			if !c.write(ctx, it) {
+			if !c.write(wctx, it) {
+				cancel()
 				return false
 			}
 		}
+		cancel()
 	}
 	return true
 }
@@ -197,11 +208,9 @@ func (c *conn) writeLoop(ctx context.Context) {
 	}
 }
 
+// write writes one frame; ctx bounds it.
 func (c *conn) write(ctx context.Context, it outItem) bool {
-	wctx, cancel := context.WithTimeout(ctx, c.h.cfg.WriteTimeout)
-	err := c.ws.Write(wctx, websocket.MessageText, it.frame)
-	cancel()
-	if err != nil {
+	if err := c.ws.Write(ctx, websocket.MessageText, it.frame); err != nil {
 		c.ws.CloseNow()
 		return false
 	}
@@ -241,12 +250,29 @@ func (c *conn) fail(id, code, msg string) {
 // handle answers one client frame. Bad input gets an error frame; the
 // socket stays open.
 func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byte) {
+	// Every frame counts against the rate limit, bad ones too: they cost
+	// parsing and a reply as well.
+	if r := c.limiter.Reserve(); r.Delay() > 0 {
+		wait := r.Delay()
+		r.Cancel()
+		c.h.m.rateLimited()
+		secs := math.Ceil(wait.Seconds()*1000) / 1000
+		c.h.m.error(CodeRateLimited)
+		c.reply(errorFrame{Type: "error", ID: lenientID(data), Code: CodeRateLimited,
+			Message: "too many frames: slow down", RetryAfter: &secs})
+		return
+	}
 	if typ != websocket.MessageText {
 		c.fail("", CodeBadRequest, "frames must be text frames holding JSON")
 		return
 	}
 	if !utf8.Valid(data) {
 		c.fail("", CodeBadRequest, "frame is not valid UTF-8")
+		return
+	}
+	if loneSurrogate(data) {
+		// encoding/json would store U+FFFD in its place.
+		c.fail(lenientID(data), CodeBadRequest, `frame holds a \u escape of an unpaired UTF-16 surrogate: not valid UTF-8 text`)
 		return
 	}
 	var f inFrame
@@ -257,16 +283,6 @@ func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byt
 	id := ""
 	if f.ID != nil {
 		id = *f.ID
-	}
-	if r := c.limiter.Reserve(); r.Delay() > 0 {
-		wait := r.Delay()
-		r.Cancel()
-		c.h.m.rateLimited()
-		secs := math.Ceil(wait.Seconds()*1000) / 1000
-		c.h.m.error(CodeRateLimited)
-		c.reply(errorFrame{Type: "error", ID: id, Code: CodeRateLimited,
-			Message: "too many frames: slow down", RetryAfter: &secs})
-		return
 	}
 	c.h.m.frame(f.Type)
 	opCtx, cancel := context.WithTimeout(ctx, c.h.cfg.OpTimeout)
@@ -291,6 +307,58 @@ func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byt
 	default:
 		c.fail(id, CodeBadRequest, fmt.Sprintf("unknown frame type %q", f.Type))
 	}
+}
+
+// loneSurrogate reports whether a JSON text holds a \uD800-\uDFFF escape
+// that is not a high surrogate followed by a low one.
+func loneSurrogate(data []byte) bool {
+	hex4 := func(b []byte) (rune, bool) {
+		if len(b) < 4 {
+			return 0, false
+		}
+		var r rune
+		for _, ch := range b[:4] {
+			switch {
+			case ch >= '0' && ch <= '9':
+				r = r<<4 | rune(ch-'0')
+			case ch >= 'a' && ch <= 'f':
+				r = r<<4 | rune(ch-'a'+10)
+			case ch >= 'A' && ch <= 'F':
+				r = r<<4 | rune(ch-'A'+10)
+			default:
+				return 0, false
+			}
+		}
+		return r, true
+	}
+	for i := 0; i < len(data); i++ {
+		if data[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character
+		if i >= len(data) || data[i] != 'u' {
+			continue
+		}
+		r, ok := hex4(data[i+1:])
+		if !ok {
+			continue // not a valid escape: the JSON decoder reports it
+		}
+		i += 4
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true // a low surrogate with no high one before it
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+2 >= len(data) || data[i+1] != '\\' || data[i+2] != 'u' {
+				return true
+			}
+			lo, ok := hex4(data[i+3:])
+			if !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
 }
 
 // lenientID digs the "id" out of a frame that did not decode, so the error
@@ -452,12 +520,41 @@ func (c *conn) presence(ctx context.Context, id string, f *inFrame) {
 		c.fail(id, CodeBadRequest, fmt.Sprintf("a socket may watch at most %d users", c.h.cfg.MaxWatch))
 		return
 	}
+	c.pmu.Lock()
+	c.querying++
+	c.pmu.Unlock()
 	online, err := c.h.cfg.Presence.Online(ctx, f.Users)
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	c.querying--
+	if err == nil {
+		for u, on := range c.pushed {
+			if _, asked := online[u]; asked {
+				online[u] = on // the push is at least as new as the read
+			}
+		}
+	}
+	if c.querying == 0 {
+		c.pushed = nil
+	}
 	if err != nil {
 		c.storeFailed(id, "presence", err)
 		return
 	}
 	c.reply(presenceFrame{Type: "presence", ID: id, Online: online})
+}
+
+// pushPresence queues a pushed presence change of user.
+func (c *conn) pushPresence(user string, online bool, frame []byte) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.querying > 0 {
+		if c.pushed == nil {
+			c.pushed = map[string]bool{}
+		}
+		c.pushed[user] = online
+	}
+	c.enqueue(outItem{frame: frame})
 }
 
 func (c *conn) typing(ctx context.Context, id string, f *inFrame) {

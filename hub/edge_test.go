@@ -96,6 +96,9 @@ func TestBadFramesKeepTheSocket(t *testing.T) {
 		{`{"type":"inbox","limit":100000,"id":"i1"}`, "bad_request", "i1"},
 		{`{"type":"typing","id":"t1"}`, "bad_request", "t1"},
 		{"{\"type\":\"send\",\"to\":\"43\",\"text\":\"bad \xff\xfe\",\"id\":\"u1\"}", "bad_request", ""},
+		{`{"type":"send","to":"43","text":"x\ud800y","id":"s1"}`, "bad_request", "s1"},
+		{`{"type":"send","to":"43","text":"x\udc00","id":"s2"}`, "bad_request", "s2"},
+		{`{"type":"send","to":"43","text":"\ud83d\u0041","id":"s3"}`, "bad_request", "s3"},
 	}
 	for _, tc := range cases {
 		c.send([]byte(tc.frame))
@@ -120,6 +123,73 @@ func TestBadFramesKeepTheSocket(t *testing.T) {
 	h := c.call(map[string]any{"type": "history", "with": "43", "id": "h"})
 	if msgs, _ := h["messages"].([]any); len(msgs) != 0 {
 		t.Fatalf("bad frames stored messages: %v", h)
+	}
+}
+
+func TestEscapedSurrogatePairIsStoredExactly(t *testing.T) {
+	t.Parallel()
+	r := newCluster(t).replica("a")
+	c := r.dial(t, "23")
+	f := c.call(map[string]any{"type": "ping", "id": "warm"})
+	if f["type"] != "pong" {
+		t.Fatal(f)
+	}
+	c.send([]byte(`{"type":"send","to":"43","text":"smile \ud83d\ude00 \\ud800","id":"ok"}`))
+	f = c.expect("sent")
+	if got := msgOf(f)["text"]; got != "smile 😀 \\ud800" {
+		t.Fatalf("stored %q", got)
+	}
+}
+
+func TestBadFramesAreRateLimitedToo(t *testing.T) {
+	t.Parallel()
+	r := newCluster(t).replica("a", withHub(func(c *hub.Config) { c.Rate = rate.Limit(0.1); c.Burst = 2 }))
+	c := r.dial(t, "23")
+	for i := range 3 {
+		c.send([]byte(`{"type":`))
+		f := c.expect("error")
+		want := "bad_request"
+		if i == 2 {
+			want = "rate_limited"
+		}
+		if f["code"] != want {
+			t.Fatalf("frame %d: %v, want %s", i, f, want)
+		}
+	}
+}
+
+// gatePresence answers Online from Redis at once but hands the answer
+// back only when released: a query whose answer is overtaken by a push.
+type gatePresence struct {
+	hub.Presence
+	read    chan struct{}
+	release chan struct{}
+}
+
+func (g gatePresence) Online(ctx context.Context, users []string) (map[string]bool, error) {
+	m, err := g.Presence.Online(ctx, users)
+	g.read <- struct{}{}
+	<-g.release
+	return m, err
+}
+
+func TestPresenceAnswerDoesNotUndoANewerPush(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	gate := gatePresence{read: make(chan struct{}, 1), release: make(chan struct{})}
+	ra := cl.replica("a", withHub(func(c *hub.Config) { gate.Presence = c.Presence; c.Presence = gate }))
+	rb := cl.replica("b")
+	w := ra.dial(t, "23")
+	w.send(map[string]any{"type": "presence", "users": []string{"43"}, "watch": true, "id": "q"})
+	<-gate.read // Redis said: 43 offline
+	rb.dial(t, "43")
+	if f := w.expect("presence"); f["id"] != nil || f["online"].(map[string]any)["43"] != true {
+		t.Fatalf("push = %v", f)
+	}
+	close(gate.release)
+	f := w.expect("presence")
+	if f["id"] != "q" || f["online"].(map[string]any)["43"] != true {
+		t.Fatalf("answer after the push = %v; want 43 online, as pushed", f)
 	}
 }
 

@@ -315,7 +315,7 @@ func (h *Hub) PresenceChanged(user string, online bool) {
 	}
 	f := encode(presenceFrame{Type: "presence", Online: map[string]bool{user: online}})
 	for c := range h.watchers[user] {
-		c.enqueue(outItem{frame: f})
+		c.pushPresence(user, online, f)
 	}
 }
 

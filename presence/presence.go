@@ -22,8 +22,9 @@ import (
 type Backend interface {
 	// Connect adds or refreshes member of user until expiry.
 	Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error)
-	// Refresh pushes the expiry of many entries (member → user) forward.
-	Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error
+	// Refresh pushes the expiry of many entries (member → user) forward and
+	// reports whether any had lapsed (its user had read offline).
+	Refresh(ctx context.Context, conns map[string]string, expiry time.Time) (lapsed bool, err error)
 	// Disconnect removes member of user.
 	Disconnect(ctx context.Context, user, member string) (bool, error)
 	// Online reports whether each user has a live entry.
@@ -49,6 +50,10 @@ type Config struct {
 	Now func() time.Time
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// OnLapse, if set, is called (from Run's goroutine) when a heartbeat
+	// finds that entries of this replica had expired: while they were gone,
+	// nothing was routed to this replica. It must not block.
+	OnLapse func()
 }
 
 // Tracker registers this replica's connections and refreshes them. It is
@@ -101,6 +106,11 @@ func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 		t.mu.Lock()
 		delete(t.conns, member)
 		t.mu.Unlock()
+		// The entry may have been written before the call failed (a timeout
+		// on the way back): remove it, or it reads online until it expires.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_, _ = t.cfg.Backend.Disconnect(cctx, user, member)
 		return "", err
 	}
 	return member, nil
@@ -140,7 +150,13 @@ func (t *Tracker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-beat.C:
-			t.Refresh(ctx)
+			if lapsed, err := t.Refresh(ctx); err != nil {
+				if ctx.Err() == nil {
+					t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
+				}
+			} else if lapsed && t.cfg.OnLapse != nil {
+				t.cfg.OnLapse()
+			}
 		case <-reap.C:
 			if _, err := t.cfg.Backend.Reap(ctx, 1000); err != nil && ctx.Err() == nil {
 				t.cfg.Logger.Warn("presence reap failed", "err", err)
@@ -149,17 +165,16 @@ func (t *Tracker) Run(ctx context.Context) error {
 	}
 }
 
-// Refresh pushes the expiry of every registered connection forward.
-func (t *Tracker) Refresh(ctx context.Context) {
+// Refresh pushes the expiry of every registered connection forward. It
+// reports whether any of them had lapsed.
+func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
 	t.mu.Lock()
 	conns := make(map[string]string, len(t.conns))
 	for m, u := range t.conns {
 		conns[m] = u
 	}
 	t.mu.Unlock()
-	if err := t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL)); err != nil && ctx.Err() == nil {
-		t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
-	}
+	lapsed, err = t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL))
 	// A connection removed while the refresh ran may have been written
 	// back by it: remove it again, or it would read online until it expires.
 	t.mu.Lock()
@@ -170,8 +185,12 @@ func (t *Tracker) Refresh(ctx context.Context) {
 	}
 	t.mu.Unlock()
 	for m, u := range conns {
-		if _, err := t.cfg.Backend.Disconnect(ctx, u, m); err != nil && ctx.Err() == nil {
-			t.cfg.Logger.Warn("presence cleanup failed", "err", err)
+		if _, derr := t.cfg.Backend.Disconnect(ctx, u, m); derr != nil && err == nil {
+			err = derr
 		}
 	}
+	if err != nil {
+		return lapsed, fmt.Errorf("presence refresh: %w", err)
+	}
+	return lapsed, nil
 }

@@ -2,6 +2,7 @@ package presence_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -129,7 +130,7 @@ type racyBackend struct {
 	hook func()
 }
 
-func (b *racyBackend) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error {
+func (b *racyBackend) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) (bool, error) {
 	if b.hook != nil {
 		b.hook()
 		b.hook = nil
@@ -155,8 +156,76 @@ func TestRemoveDuringHeartbeatStaysRemoved(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	tr.Refresh(t.Context())
+	if _, err := tr.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	if online(t, tr, "23") {
 		t.Fatal("a socket removed during a heartbeat reads online again")
+	}
+}
+
+// failingBackend writes the entry, then reports failure: a timeout on the
+// way back from Redis.
+type failingBackend struct{ *store.Store }
+
+func (b failingBackend) Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error) {
+	if _, err := b.Store.Connect(ctx, user, member, expiry); err != nil {
+		return false, err
+	}
+	return false, errors.New("i/o timeout")
+}
+
+func TestFailedAddLeavesNoEntry(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	tr, err := presence.New(presence.Config{
+		Backend: failingBackend{store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now})},
+		Replica: "a", Now: clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Add(t.Context(), "23"); err == nil {
+		t.Fatal("Add succeeded")
+	}
+	if online(t, tr, "23") || tr.Len() != 0 {
+		t.Fatal("a failed Add left 23 online")
+	}
+}
+
+func TestHeartbeatReportsLapse(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	lapses := make(chan struct{}, 10)
+	st := store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now})
+	tr, err := presence.New(presence.Config{Backend: st, Replica: "a", Now: clk.Now,
+		TTL: 10 * time.Second, Heartbeat: 20 * time.Millisecond, ReapInterval: time.Hour,
+		OnLapse: func() { lapses <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Add(t.Context(), "23"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(100 * time.Millisecond) // heartbeats of live entries: no lapse
+	select {
+	case <-lapses:
+		t.Fatal("lapse reported for live entries")
+	default:
+	}
+	clk.Advance(11 * time.Second) // as if the replica had stalled past the TTL
+	select {
+	case <-lapses:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no lapse reported after the entries expired")
+	}
+	if !online(t, tr, "23") {
+		t.Fatal("the heartbeat did not bring 23 back")
 	}
 }

@@ -28,26 +28,28 @@ func (s *Store) Connect(ctx context.Context, user, member string, expiry time.Ti
 }
 
 // Refresh pushes the expiry of many connections (member → user) forward,
-// pipelined in batches, and announces users who had lapsed as online again.
-func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) error {
+// pipelined in batches, and announces users who had lapsed as online
+// again; it reports whether any had.
+func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) (bool, error) {
 	type entry struct{ user, member string }
 	entries := make([]entry, 0, len(conns))
 	for m, u := range conns {
 		entries = append(entries, entry{u, m})
 	}
 	if len(entries) == 0 {
-		return nil
+		return false, nil
 	}
 	// Load the script once so the pipelined EVALSHAs cannot miss it.
 	if err := connectScript.Load(ctx, s.rdb).Err(); err != nil {
-		return fmt.Errorf("presence refresh: %w", err)
+		return false, fmt.Errorf("presence refresh: %w", err)
 	}
+	lapsed := false
 	now := s.now()
 	ttl := (expiry.Sub(now) + time.Minute).Milliseconds()
 	for len(entries) > 0 {
 		batch := entries[:min(len(entries), 500)]
 		entries = entries[len(batch):]
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, e := range batch {
 				connectScript.EvalSha(ctx, p, []string{s.keys.presence(e.user), s.keys.presenceIndex()},
 					e.member, expiry.UnixMilli(), now.UnixMilli(), e.user, s.keys.presenceChannel(), ttl)
@@ -55,10 +57,15 @@ func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry tim
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("presence refresh: %w", err)
+			return lapsed, fmt.Errorf("presence refresh: %w", err)
+		}
+		for _, c := range cmds {
+			if n, _ := c.(*redis.Cmd).Int64(); n == 1 {
+				lapsed = true
+			}
 		}
 	}
-	return nil
+	return lapsed, nil
 }
 
 // Disconnect removes the connection member of user, announcing the user

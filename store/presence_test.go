@@ -439,8 +439,8 @@ func TestPresenceRefresh(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
 	sub, rec := f.subscribe(t, "r1")
-	if err := f.s.Refresh(f.ctx, nil, f.clock.Now().Add(time.Minute)); err != nil {
-		t.Fatalf("Refresh of nothing: %v", err)
+	if lapsed, err := f.s.Refresh(f.ctx, nil, f.clock.Now().Add(time.Minute)); err != nil || lapsed {
+		t.Fatalf("Refresh of nothing: %v, %v", lapsed, err)
 	}
 	f.connect(t, "23", "r1 a", 30*time.Second)
 	f.connect(t, "23", "r1 b", 30*time.Second)
@@ -454,8 +454,11 @@ func TestPresenceRefresh(t *testing.T) {
 	for i := range 501 {
 		conns[fmt.Sprintf("r1 bulk%d", i)] = "bulk"
 	}
-	if err := f.s.Refresh(f.ctx, conns, f.clock.Now().Add(30*time.Second)); err != nil {
-		t.Fatal(err)
+	if lapsed, err := f.s.Refresh(f.ctx, conns, f.clock.Now().Add(30*time.Second)); err != nil || !lapsed {
+		t.Fatalf("Refresh = %v, %v; want lapsed (23 and bulk were offline)", lapsed, err)
+	}
+	if lapsed, err := f.s.Refresh(f.ctx, conns, f.clock.Now().Add(30*time.Second)); err != nil || lapsed {
+		t.Fatalf("second Refresh = %v, %v; want nothing lapsed", lapsed, err)
 	}
 	barrier(t, sub)
 	_, got := rec.snapshot()

@@ -131,7 +131,7 @@ func TestOneRoundTrip(t *testing.T) {
 				}
 			}
 			cmds.take()
-			if err := s.Refresh(ctx, conns, f.clock.Now().Add(time.Minute)); err != nil {
+			if _, err := s.Refresh(ctx, conns, f.clock.Now().Add(time.Minute)); err != nil {
 				t.Fatalf("Refresh (after SCRIPT FLUSH: %v): %v", flush, err)
 			}
 			if got := cmds.take(); !slices.Equal(got, want) {

@@ -93,7 +93,15 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	rdb.AddHook(latencyHook{metrics.RedisLatency})
 
 	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log})
-	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL, Logger: log})
+	resync := make(chan struct{}, 1)
+	kickResync := func() {
+		select {
+		case resync <- struct{}{}:
+		default: // one is pending already
+		}
+	}
+	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL,
+		Logger: log, OnLapse: kickResync})
 	if err != nil {
 		return err
 	}
@@ -103,8 +111,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		QueueSize: cfg.queue, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
 		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
 	})
-	resync := make(chan struct{}, 1)
-	sub := st.Subscribe(cfg.replica, resyncSignal{h, resync})
+	sub := st.Subscribe(cfg.replica, resyncSignal{h, metrics, kickResync})
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -125,7 +132,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	var wg sync.WaitGroup
 	defer func() { stopBG(); wg.Wait() }()
 	wg.Add(4)
-	go func() { defer wg.Done(); resyncLoop(bg, resync, tracker, h, metrics) }()
+	go func() { defer wg.Done(); resyncLoop(bg, resync, tracker, h, log) }()
 	go func() {
 		defer wg.Done()
 		if err := sub.Run(bg); err != nil {
@@ -253,33 +260,46 @@ func canaryLoop(ctx context.Context, sub *store.Subscriber, m *hub.Metrics, log 
 }
 
 // resyncSignal hands pub/sub events to the hub, except Resync, which it
-// passes to resyncLoop without blocking the subscriber.
+// passes on to resyncLoop without blocking the subscriber.
 type resyncSignal struct {
 	*hub.Hub
-	kick chan<- struct{}
+	m    *hub.Metrics
+	kick func()
 }
 
 func (r resyncSignal) Resync() {
-	select {
-	case r.kick <- struct{}{}:
-	default: // one is pending already
-	}
+	r.m.PubSubRestarts.Inc()
+	r.kick()
 }
 
-// resyncLoop answers a restored pub/sub link: it first writes this
-// replica's presence entries again (a restarted Redis has lost them, and
-// without them nothing is routed here), then tells every socket to catch
-// up, so that anything stored after the resync is delivered live.
-func resyncLoop(ctx context.Context, kick <-chan struct{}, tr *presence.Tracker, h *hub.Hub, m *hub.Metrics) {
+// resyncLoop answers a restored pub/sub link, or a heartbeat that found
+// this replica's presence entries lapsed: it first writes the entries
+// again (a restarted Redis has lost them, and without them nothing is
+// routed here), retrying until Redis takes them, and only then tells every
+// socket to catch up, so that anything stored after the resync is
+// delivered live.
+func resyncLoop(ctx context.Context, kick <-chan struct{}, tr *presence.Tracker, h *hub.Hub, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-kick:
-			m.PubSubRestarts.Inc()
-			tr.Refresh(ctx)
-			h.Resync()
 		}
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			if _, err := tr.Refresh(ctx); err == nil {
+				break
+			} else if ctx.Err() != nil {
+				return
+			} else {
+				log.Warn("re-registering presence before resync failed; retrying", "err", err, "in", wait)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		h.Resync()
 	}
 }
 
