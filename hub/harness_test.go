@@ -21,34 +21,16 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
-// clock is a settable clock shared by the replicas of a test.
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
-
 // cluster is several replicas on one Redis.
 type cluster struct {
 	t     *testing.T
 	redis *redistest.Redis
-	clock *clock
+	clock *redistest.Clock
 }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	return &cluster{t: t, redis: redistest.New(t), clock: &clock{}}
+	return &cluster{t: t, redis: redistest.New(t), clock: &redistest.Clock{}}
 }
 
 // replica is one in-process chatd replica.

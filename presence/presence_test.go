@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,17 +12,7 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.off) }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
+type clock = redistest.Clock
 
 func setup(t *testing.T, replica string, clk *clock, r *redistest.Redis) (*presence.Tracker, *store.Store) {
 	t.Helper()

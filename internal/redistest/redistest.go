@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,4 +96,26 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// Clock is a clock for Config.Now fields that runs with real time plus an
+// offset that Advance moves forward, so expiries can be passed without
+// waiting. The zero value is the real time. It is safe for concurrent use.
+type Clock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+// Now returns the real time plus the offset.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
 }
