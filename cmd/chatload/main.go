@@ -9,8 +9,8 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -187,11 +187,22 @@ func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interva
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	pad := strings.Repeat("x", max(0, c.text-20))
-	to := c.prefix + strconv.Itoa(peer)
+	to := strconv.Quote(c.prefix + strconv.Itoa(peer))
+	var frame []byte
 	for {
-		now := time.Now().UnixNano()
-		frame := fmt.Sprintf(`{"type":"send","to":%q,"text":"%d %s","id":"%d"}`, to, now, pad, now)
-		if err := ws.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+		// {"type":"send","to":"…","text":"<ns> xxx","id":"<ns>"}, built
+		// without fmt or reflection so that the tool stays cheap.
+		now := strconv.AppendInt(nil, time.Now().UnixNano(), 10)
+		frame = append(frame[:0], `{"type":"send","to":`...)
+		frame = append(frame, to...)
+		frame = append(frame, `,"text":"`...)
+		frame = append(frame, now...)
+		frame = append(frame, ' ')
+		frame = append(frame, pad...)
+		frame = append(frame, `","id":"`...)
+		frame = append(frame, now...)
+		frame = append(frame, `"}`...)
+		if err := ws.Write(ctx, websocket.MessageText, frame); err != nil {
 			return
 		}
 		st.sent.Add(1)
@@ -203,35 +214,37 @@ func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interva
 	}
 }
 
-func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
-	var f struct {
-		Type    string `json:"type"`
-		ID      string `json:"id"`
-		Message struct {
-			Text string `json:"text"`
-		} `json:"message"`
+// field returns the string value that follows key (e.g. `"id":"`) in a
+// frame, up to the next quote; the tool's own values hold no escapes.
+func field(data []byte, key string) []byte {
+	i := bytes.Index(data, []byte(key))
+	if i < 0 {
+		return nil
 	}
+	v := data[i+len(key):]
+	if j := bytes.IndexByte(v, '"'); j >= 0 {
+		return v[:j]
+	}
+	return nil
+}
+
+func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
 	for {
 		_, data, err := ws.Read(ctx)
 		if err != nil {
 			return
 		}
 		now := time.Now().UnixNano()
-		f.Type, f.ID, f.Message.Text = "", "", ""
-		if json.Unmarshal(data, &f) != nil {
-			st.errs.Add(1)
-			continue
-		}
-		switch f.Type {
+		switch string(field(data, `"type":"`)) {
 		case "sent":
 			st.acked.Add(1)
-			if t, err := strconv.ParseInt(f.ID, 10, 64); err == nil {
+			if t, err := strconv.ParseInt(string(field(data, `"id":"`)), 10, 64); err == nil {
 				st.add(true, time.Duration(now-t))
 			}
 		case "message":
 			st.recv.Add(1)
-			ts, _, _ := strings.Cut(f.Message.Text, " ")
-			if t, err := strconv.ParseInt(ts, 10, 64); err == nil {
+			ts, _, _ := bytes.Cut(field(data, `"text":"`), []byte(" "))
+			if t, err := strconv.ParseInt(string(ts), 10, 64); err == nil {
 				st.add(false, time.Duration(now-t))
 			}
 		case "error":
