@@ -26,25 +26,40 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
-// Store is what the hub needs from chatd's data layer.
+// Store is what the hub needs from chatd's data layer (store.Store).
+// Validation failures wrap store.ErrInvalid or store.ErrTooLarge; any other
+// error means the data layer is unavailable. It must be safe for
+// concurrent use.
 type Store interface {
-	Send(ctx context.Context, req store.SendRequest) (store.Message, bool, error)
+	// Send stores a message and routes it live; dup is true for a repeated
+	// (sender, client id), with the first message.
+	Send(ctx context.Context, req store.SendRequest) (msg store.Message, dup bool, err error)
+	// History reads a page and resets the reader's unread count.
 	History(ctx context.Context, user, peer string, before int64, limit int) (store.Page, error)
+	// MarkRead resets the unread count and sends a receipt to both sides.
 	MarkRead(ctx context.Context, user, peer, origin string) (int64, error)
+	// Unread returns the user's unread counts by peer (only those above 0).
 	Unread(ctx context.Context, user string) (map[string]int64, error)
+	// Inbox returns the user's most recent conversations and whether there are more.
 	Inbox(ctx context.Context, user string, limit int) ([]store.Conversation, bool, error)
+	// Typing routes an ephemeral typing frame to the peer's sockets.
 	Typing(ctx context.Context, user, peer string) error
 }
 
-// Presence registers this replica's connections and answers who is online.
+// Presence registers this replica's connections and answers who is online
+// (presence.Tracker). It must be safe for concurrent use.
 type Presence interface {
+	// Add registers a socket of user and returns its presence member.
 	Add(ctx context.Context, user string) (member string, err error)
+	// Remove unregisters it.
 	Remove(ctx context.Context, user, member string) error
+	// Online reports whether each user has a live socket on any replica.
 	Online(ctx context.Context, users []string) (map[string]bool, error)
 }
 
-// Authenticator names the user of an upgrade request.
+// Authenticator names the user of an upgrade request (auth.Verifier).
 type Authenticator interface {
+	// User returns the request's user, or an error that becomes HTTP 401.
 	User(r *http.Request) (string, error)
 }
 

@@ -267,6 +267,7 @@ type resyncSignal struct {
 	kick func()
 }
 
+// Resync counts a restored pub/sub link and hands it to resyncLoop.
 func (r resyncSignal) Resync() {
 	r.m.PubSubRestarts.Inc()
 	r.kick()
@@ -349,8 +350,10 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 // latencyHook times every Redis command into a histogram.
 type latencyHook struct{ h *prometheus.HistogramVec }
 
+// DialHook leaves dialing as it is.
 func (latencyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
+// ProcessHook times one command.
 func (l latencyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		start := time.Now()
@@ -360,6 +363,7 @@ func (l latencyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
+// ProcessPipelineHook times one pipeline as a whole.
 func (l latencyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
