@@ -191,8 +191,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	case <-ctx.Done():
 	}
 
+	h.StartDrain() // first: /readyz turns 503 at once
 	log.Info("draining", "delay", cfg.drainDelay, "window", cfg.drainWindow, "sockets", h.Len())
-	h.StartDrain()
 	time.Sleep(cfg.drainDelay)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.drainWindow+15*time.Second)
 	defer cancel()
