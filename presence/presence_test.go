@@ -89,8 +89,10 @@ func TestHeartbeatKeepsAliveAndDeadReplicaExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Move time past the TTL in small steps, as heartbeats would see it.
-	for range 12 {
-		clk.Advance(time.Second)
+	// Half a second per step: a heartbeat would have to stall for 20 steps
+	// (over a second of real time) for the live entry to lapse.
+	for range 24 {
+		clk.Advance(500 * time.Millisecond)
 		time.Sleep(60 * time.Millisecond) // a few heartbeat ticks
 	}
 	if !online(t, live, "alive") {
