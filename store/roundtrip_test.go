@@ -7,10 +7,11 @@ import (
 )
 
 // TestOneRoundTrip counts the commands each operation sends: one EVALSHA
-// once the script is loaded, and after SCRIPT FLUSH one NOSCRIPT EVALSHA and
-// the EVAL that loads it again, then one EVALSHA again.
+// once the script is loaded, and (on miniredis, which is this test's own)
+// after SCRIPT FLUSH one NOSCRIPT EVALSHA and the EVAL that loads it again,
+// then one EVALSHA again.
 //
-// Not parallel: SCRIPT FLUSH empties the script cache of the whole Redis,
+// Not parallel: SCRIPT FLUSH empties the script cache of the whole server,
 // which would add commands to the counts of tests running beside it.
 func TestOneRoundTrip(t *testing.T) {
 	f := newFixture(t, Config{})
@@ -94,6 +95,12 @@ func TestOneRoundTrip(t *testing.T) {
 				op.check(t)
 			}
 
+			if f.r.Mini == nil {
+				// SCRIPT FLUSH empties the script cache of a whole Redis,
+				// which a test must not do to a real one that others may use;
+				// the reload path is the same go-redis code in both modes.
+				return
+			}
 			if err := f.r.Client.ScriptFlush(ctx).Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -102,10 +109,6 @@ func TestOneRoundTrip(t *testing.T) {
 			}
 			switch got := cmds.take(); {
 			case slices.Equal(got, []string{"evalsha", "eval"}):
-			case f.r.Mini == nil && slices.Equal(got, []string{"evalsha"}):
-				// A real Redis is shared: another process may have loaded
-				// the script again between the flush and this call.
-				t.Logf("%s: script reloaded by another client after SCRIPT FLUSH", op.name)
 			default:
 				t.Fatalf("%s after SCRIPT FLUSH sent %q, want evalsha (NOSCRIPT) then eval", op.name, got)
 			}
@@ -125,6 +128,9 @@ func TestOneRoundTrip(t *testing.T) {
 		conns := map[string]string{"r1 a": "23", "r1 b": "43", "r1 c": "65"}
 		want := []string{"script", "evalsha", "evalsha", "evalsha"}
 		for _, flush := range []bool{false, true} {
+			if flush && f.r.Mini == nil {
+				break // no SCRIPT FLUSH on a real Redis: see above
+			}
 			if flush {
 				if err := f.r.Client.ScriptFlush(ctx).Err(); err != nil {
 					t.Fatal(err)
@@ -143,8 +149,13 @@ func TestOneRoundTrip(t *testing.T) {
 			t.Fatalf("Online after Refresh = %v, %v", on, err)
 		}
 	})
-	if n := f.llen(t, "43-23"); n != 5 {
-		// Send ran 4 times; the duplicate stored once.
-		t.Fatalf("list length %d, want 5", n)
+	// Send ran 4 times (2 without the SCRIPT FLUSH steps); the duplicate
+	// stored once.
+	want := int64(5)
+	if f.r.Mini == nil {
+		want = 3
+	}
+	if n := f.llen(t, "43-23"); n != want {
+		t.Fatalf("list length %d, want %d", n, want)
 	}
 }
