@@ -220,10 +220,13 @@ func (c *conn) write(ctx context.Context, it outItem) bool {
 	return true
 }
 
-// readLoop reads and answers frames until the socket ends.
+// readLoop reads and answers frames until the socket ends. Reads take no
+// context: a context would cost a timer registration per frame, and every
+// way a socket ends (the peer, the writer, a drain) closes it, which ends
+// the read.
 func (c *conn) readLoop(ctx context.Context) error {
 	for {
-		typ, data, err := c.ws.Read(ctx)
+		typ, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			return err
 		}
@@ -285,8 +288,9 @@ func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byt
 		id = *f.ID
 	}
 	c.h.m.frame(f.Type)
-	opCtx, cancel := context.WithTimeout(ctx, c.h.cfg.OpTimeout)
-	defer cancel()
+	// Redis calls are bounded by the client's own read, write and pool
+	// timeouts; ctx ends them early when the socket ends.
+	opCtx := ctx
 	switch f.Type {
 	case "send":
 		c.send(opCtx, id, &f)

@@ -92,7 +92,9 @@ type Config struct {
 	// PingInterval is how long a socket may be silent before a ping checks
 	// it; no pong within PingInterval/2 closes it. Defaults to 30 s.
 	PingInterval time.Duration
-	// OpTimeout bounds each Store or Presence call. Defaults to 5 s.
+	// OpTimeout bounds the Store and Presence calls that set a socket up
+	// and tear it down. Defaults to 5 s. (The calls a frame causes are
+	// bounded by the Redis client's own timeouts.)
 	OpTimeout time.Duration
 	// Metrics records what happens; nil records nothing.
 	Metrics *Metrics

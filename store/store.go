@@ -142,8 +142,18 @@ func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup boo
 	if origin == "" {
 		origin = "-"
 	}
-	head, tail := messageFrame(conv, req.From, req.To, req.Text, tsText)
-	head = fmt.Appendf(nil, "m\t%s\t%s,%s\t%d\n%s", origin, req.To, req.From, now.UnixMicro(), head)
+	frameHead, tail := messageFrame(conv, req.From, req.To, req.Text, tsText)
+	head := make([]byte, 0, 64+len(origin)+len(frameHead))
+	head = append(head, "m\t"...)
+	head = append(head, origin...)
+	head = append(head, '\t')
+	head = append(head, req.To...)
+	head = append(head, ',')
+	head = append(head, req.From...)
+	head = append(head, '\t')
+	head = strconv.AppendInt(head, now.UnixMicro(), 10)
+	head = append(head, '\n')
+	head = append(head, frameHead...)
 	reply, err := s.sends.run(ctx,
 		[]string{
 			s.keys.conv(conv), s.keys.unread(req.To), s.keys.idem(req.From, req.ClientID),
