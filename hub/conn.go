@@ -399,17 +399,14 @@ func (c *conn) checkUser(id, field, user string) bool {
 func (c *conn) storeFailed(id, what string, err error) {
 	switch {
 	case errors.Is(err, store.ErrTooLarge):
-		c.fail(id, CodeTooLarge, trimErr(err))
+		c.fail(id, CodeTooLarge, clientText(err))
 	case errors.Is(err, store.ErrInvalid):
-		c.fail(id, CodeBadRequest, trimErr(err))
+		c.fail(id, CodeBadRequest, clientText(err))
 	default:
 		c.h.log.Error(what+" failed", "user", c.user, "err", err)
 		c.fail(id, CodeUnavailable, what+" failed: storage unavailable, retry with the same id")
 	}
 }
-
-// trimErr words a store validation error for a client.
-func trimErr(err error) string { return clientText(err) }
 
 // clientText drops the package tags ("store: invalid request: ") from a
 // validation error, leaving the words meant for a client.
@@ -431,7 +428,7 @@ func (c *conn) send(ctx context.Context, id string, f *inFrame) {
 	}
 	if f.ID != nil {
 		if err := store.ValidateClientID(id); err != nil {
-			c.fail(id, CodeBadRequest, trimErr(err))
+			c.fail(id, CodeBadRequest, clientText(err))
 			return
 		}
 	}
