@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/hub"
+	"github.com/chatd/chatd/internal/redistest"
+	"github.com/chatd/chatd/presence"
+	"github.com/chatd/chatd/store"
+)
+
+// server runs an in-process chatd replica for the load tool to drive.
+func server(t *testing.T) string {
+	t.Helper()
+	r := redistest.New(t)
+	st := store.New(r.Client, store.Config{Prefix: r.Prefix})
+	tr, err := presence.New(presence.Config{Backend: st, Replica: "load"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hub.New(hub.Config{Store: st, Presence: tr, Auth: auth.New("", store.ValidateUser), Replica: "load"})
+	sub := st.Subscribe("load", h)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sub.Run(ctx) }()
+	<-sub.Ready()
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = h.Shutdown(sctx, 0)
+		srv.Close()
+		cancel()
+		<-done
+	})
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+}
+
+func TestLoadReportsWhatItMeasured(t *testing.T) {
+	t.Parallel()
+	url := server(t)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-url", url, "-users", "10", "-rate", "100",
+		"-duration", "1s", "-warmup", "200ms"}, &out, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	m := regexp.MustCompile(`sent (\d+) .*acked (\d+) .*delivered (\d+) .*errors (\d+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no counts in:\n%s", out.String())
+	}
+	n := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
+	sent, acked, delivered, errs := n(1), n(2), n(3), n(4)
+	// 10 users at 100 msg/s for 1 s: about 100 sends, every one acked and
+	// delivered (a few may straddle the window's edges).
+	if sent < 50 || errs != 0 || acked < sent*8/10 || delivered < sent*8/10 {
+		t.Fatalf("sent %d acked %d delivered %d errors %d:\n%s", sent, acked, delivered, errs, out.String())
+	}
+	for _, line := range []string{"ack      p50", "delivery p50"} {
+		if !strings.Contains(out.String(), line) {
+			t.Fatalf("report lacks %q:\n%s", line, out.String())
+		}
+	}
+}
+
+func TestLoadRejectsBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}} {
+		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
