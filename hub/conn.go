@@ -398,6 +398,8 @@ func (c *conn) checkUser(id, field, user string) bool {
 // rest is Redis being unavailable.
 func (c *conn) storeFailed(id, what string, err error) {
 	switch {
+	case errors.Is(err, context.Canceled):
+		return // the socket ended while the call ran: nobody to answer
 	case errors.Is(err, store.ErrTooLarge):
 		c.fail(id, CodeTooLarge, clientText(err))
 	case errors.Is(err, store.ErrInvalid):
