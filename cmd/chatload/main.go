@@ -9,6 +9,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -49,6 +51,7 @@ type config struct {
 	secret   string
 	prefix   string
 	text     int
+	metrics  string
 }
 
 // stats gathers latencies from every connection.
@@ -88,11 +91,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.secret, "secret", os.Getenv("CHAT_SECRET"), "token `secret`; empty uses ?user=")
 	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number")
 	fs.IntVar(&c.text, "text", 64, "message text `bytes`")
+	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if c.users < 2 || c.users%2 != 0 || c.rate < 0 {
 		return errors.New("-users must be even and at least 2, -rate not negative")
+	}
+	var before map[string]float64
+	if c.metrics != "" {
+		var err error
+		if before, err = memory(ctx, c.metrics); err != nil {
+			return err
+		}
 	}
 	st := &stats{}
 	conns := make([]*websocket.Conn, c.users)
@@ -113,6 +124,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		select {
 		case <-time.After(c.duration):
 		case <-ctx.Done():
+		}
+		if before != nil {
+			after, err := memory(ctx, c.metrics)
+			if err != nil {
+				return err
+			}
+			for _, name := range memoryMetrics {
+				fmt.Fprintf(stdout, "%s: %.1f KiB per idle socket\n", name,
+					(after[name]-before[name])/float64(c.users)/1024)
+			}
 		}
 		for _, ws := range conns {
 			ws.Close(websocket.StatusNormalClosure, "")
@@ -251,6 +272,44 @@ func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
 			st.errs.Add(1)
 		}
 	}
+}
+
+// memoryMetrics are the server's figures that show what a socket costs.
+var memoryMetrics = []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "process_resident_memory_bytes"}
+
+// memory reads memoryMetrics from a Prometheus text endpoint, after asking
+// for nothing else: the figures include what the server holds right now.
+func memory(ctx context.Context, url string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !slices.Contains(memoryMetrics, name) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(value, 64); err == nil {
+			out[name] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	for _, name := range memoryMetrics {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("metrics: %s has no %s", url, name)
+		}
+	}
+	return out, nil
 }
 
 func quantiles(d []time.Duration) string {

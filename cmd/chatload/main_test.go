@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +79,35 @@ func TestLoadRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}} {
 		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestIdleReportsMemoryPerSocket(t *testing.T) {
+	t.Parallel()
+	url := server(t)
+	var calls atomic.Int32
+	// The second answer is 16, 8 and 32 KiB above the first: with 4
+	// sockets, 4, 2 and 8 KiB per socket.
+	metrics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		k := float64(calls.Add(1)-1) * 1024
+		fmt.Fprintf(w, "# HELP x\ngo_memstats_heap_inuse_bytes %g\ngo_memstats_stack_inuse_bytes %g\nprocess_resident_memory_bytes %g\nother 1\n",
+			1e6+16*k, 2e6+8*k, 3e6+32*k)
+	}))
+	defer metrics.Close()
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-url", url, "-users", "4", "-rate", "0", "-duration", "100ms",
+		"-metrics", metrics.URL}, &out, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"go_memstats_heap_inuse_bytes: 4.0 KiB per idle socket",
+		"go_memstats_stack_inuse_bytes: 2.0 KiB per idle socket",
+		"process_resident_memory_bytes: 8.0 KiB per idle socket",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
 	}
 }
