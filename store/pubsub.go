@@ -54,10 +54,9 @@ type Subscriber struct {
 	readyOnce  sync.Once
 	reconnects atomic.Int64
 
-	mu      sync.Mutex
-	canary  map[string]chan struct{}
-	lastRTT atomic.Int64 // ns of the last canary round trip
-	lastOK  atomic.Int64 // unix ns of the last canary that came back
+	mu     sync.Mutex
+	canary map[string]chan struct{}
+	lastOK atomic.Int64 // unix ns of the last canary that came back
 }
 
 // Subscribe returns the Subscriber of replica; Run starts it.
@@ -110,6 +109,27 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// appendEnvelope starts a delivery payload for handle: the tab-separated
+// line "<kind> <origin> <user>[,<user>] <stored unix µs>" and a newline; the
+// frame follows. An empty origin is written "-".
+func appendEnvelope(b []byte, kind byte, origin string, users []string, stored int64) []byte {
+	if origin == "" {
+		origin = "-"
+	}
+	b = append(b, kind, '\t')
+	b = append(b, origin...)
+	b = append(b, '\t')
+	for i, u := range users {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, u...)
+	}
+	b = append(b, '\t')
+	b = strconv.AppendInt(b, stored, 10)
+	return append(b, '\n')
 }
 
 // handle parses one payload: "c <nonce>", "p <0|1> <user>", or the
@@ -178,7 +198,6 @@ func (sub *Subscriber) Canary(ctx context.Context) (time.Duration, error) {
 	select {
 	case <-done:
 		rtt := time.Since(start)
-		sub.lastRTT.Store(int64(rtt))
 		sub.lastOK.Store(time.Now().UnixNano())
 		return rtt, nil
 	case <-ctx.Done():

@@ -138,21 +138,9 @@ func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup boo
 	conv := ConvKey(req.From, req.To)
 	now := s.now()
 	ts, tsText := formatTime(now)
-	origin := req.Origin
-	if origin == "" {
-		origin = "-"
-	}
 	frameHead, tail := messageFrame(conv, req.From, req.To, req.Text, tsText)
-	head := make([]byte, 0, 64+len(origin)+len(frameHead))
-	head = append(head, "m\t"...)
-	head = append(head, origin...)
-	head = append(head, '\t')
-	head = append(head, req.To...)
-	head = append(head, ',')
-	head = append(head, req.From...)
-	head = append(head, '\t')
-	head = strconv.AppendInt(head, now.UnixMicro(), 10)
-	head = append(head, '\n')
+	head := appendEnvelope(make([]byte, 0, 96+len(frameHead)), 'm', req.Origin,
+		[]string{req.To, req.From}, now.UnixMicro())
 	head = append(head, frameHead...)
 	reply, err := s.sends.run(ctx,
 		[]string{
@@ -316,10 +304,7 @@ func (s *Store) MarkRead(ctx context.Context, user, peer, origin string) (int64,
 		return 0, err
 	}
 	conv := ConvKey(user, peer)
-	if origin == "" {
-		origin = "-"
-	}
-	head := fmt.Appendf(nil, "r\t%s\t%s,%s\t0\n", origin, peer, user)
+	head := appendEnvelope(nil, 'r', origin, []string{peer, user}, 0)
 	head = append(head, `{"type":"receipt","by":`...)
 	head = appendJSONString(head, user)
 	head = append(head, `,"with":`...)
@@ -428,7 +413,7 @@ func (s *Store) Typing(ctx context.Context, user, peer string) error {
 	if err := validatePair(user, peer); err != nil {
 		return err
 	}
-	env := fmt.Appendf(nil, "t\t-\t%s\t0\n", peer)
+	env := appendEnvelope(nil, 't', "", []string{peer}, 0)
 	env = append(env, `{"type":"typing","from":`...)
 	env = appendJSONString(env, user)
 	env = append(env, '}')
