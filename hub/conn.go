@@ -290,20 +290,19 @@ func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byt
 	c.h.m.frame(f.Type)
 	// Redis calls are bounded by the client's own read, write and pool
 	// timeouts; ctx ends them early when the socket ends.
-	opCtx := ctx
 	switch f.Type {
 	case "send":
-		c.send(opCtx, id, &f)
+		c.send(ctx, id, &f)
 	case "history":
-		c.history(opCtx, id, &f)
+		c.history(ctx, id, &f)
 	case "read":
-		c.read(opCtx, id, &f)
+		c.read(ctx, id, &f)
 	case "inbox":
-		c.inbox(opCtx, id, &f)
+		c.inbox(ctx, id, &f)
 	case "presence":
-		c.presence(opCtx, id, &f)
+		c.presence(ctx, id, &f)
 	case "typing":
-		c.typing(opCtx, id, &f)
+		c.typing(ctx, id, &f)
 	case "ping":
 		c.reply(pongFrame{Type: "pong", ID: id})
 	case "":

@@ -171,7 +171,6 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	user, err := h.cfg.Auth.User(r)
 	if err != nil {
-		h.m.error(CodeForbidden)
 		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "auth: "), "store: ", "")
 		http.Error(w, msg, http.StatusUnauthorized)
 		return
