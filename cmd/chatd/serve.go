@@ -185,9 +185,12 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		defer dbg.Close()
 	}
 
+	var serveErr error
 	select {
 	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
+		// The listener failed: close the sockets now, without a delay.
+		serveErr = fmt.Errorf("serve: %w", err)
+		cfg.drainDelay = 0
 	case <-ctx.Done():
 	}
 
@@ -203,7 +206,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		log.Warn("http shutdown", "err", err)
 	}
 	log.Info("stopped")
-	return nil
+	return serveErr
 }
 
 // debugMux serves the Go runtime's profiles.
