@@ -14,13 +14,26 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { chromium } from "playwright-core";
-import { Redis } from "./redis.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
 const shots = path.join(here, "screenshots");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const XSS = "<img src=x onerror=alert(1)>";
+
+// The test's keys are found and deleted with redis-cli (Debian's redis-tools).
+async function scanKeys(url, pattern) {
+  const { stdout } = await promisify(execFile)("redis-cli", ["-u", url, "--scan", "--pattern", pattern],
+    { maxBuffer: 64 << 20 });
+  return stdout.split("\n").filter(Boolean);
+}
+
+async function deleteKeys(url, pattern) {
+  const keys = await scanKeys(url, pattern);
+  for (let i = 0; i < keys.length; i += 500) {
+    await promisify(execFile)("redis-cli", ["-u", url, "UNLINK", ...keys.slice(i, i + 500)]);
+  }
+}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const tid = (id) => `[data-testid="${id}"]`;
@@ -208,13 +221,8 @@ after(async () => {
     stopErr = err;
   }
   if (process.env.REDIS_URL && prefix) {
-    const redis = await Redis.connect(process.env.REDIS_URL);
-    try {
-      await redis.deleteMatching(`${prefix}*`);
-      assert.deepEqual(await redis.keys(`${prefix}*`), [], "keys left in Redis after cleanup");
-    } finally {
-      redis.close();
-    }
+    await deleteKeys(process.env.REDIS_URL, `${prefix}*`);
+    assert.deepEqual(await scanKeys(process.env.REDIS_URL, `${prefix}*`), [], "keys left in Redis after cleanup");
   }
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   if (stopErr) throw stopErr;
