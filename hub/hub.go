@@ -1,6 +1,6 @@
 // Package hub runs chatd's WebSocket connections: it authenticates them,
 // tracks every live socket per user on this replica, answers the frames of
-// the wire protocol (PROTOCOL.md) through a Store, and hands frames that
+// the wire protocol (docs/PROTOCOL.md) through a Store, and hands frames that
 // arrive from Redis pub/sub to the right local sockets.
 //
 // Each connection has one reader (the handler goroutine) and one writer

@@ -18,7 +18,7 @@ const READ_DELAY = 250;          // ms to gather live messages into one read
 const GAP_WAIT = 800;            // ms a gap may take to fill by itself before history is asked
 const MAX_TEXT_BYTES = 4096;
 
-// Error codes after which a send may be tried again with the same id (PROTOCOL.md 3a).
+// Error codes after which a send may be tried again with the same id (docs/PROTOCOL.md 3a).
 const RETRYABLE = new Set(["disconnected", "timeout", "unavailable", "internal", "rate_limited", "busy"]);
 
 const encoder = new TextEncoder();
