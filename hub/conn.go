@@ -25,6 +25,10 @@ type outItem struct {
 	stored int64
 }
 
+// slowCloseGrace is how long a slow consumer's close handshake may take
+// before its TCP connection is dropped outright.
+const slowCloseGrace = 250 * time.Millisecond
+
 // conn is one WebSocket. The handler goroutine reads and answers frames;
 // the writer goroutine owns every write after "ready".
 type conn struct {
@@ -35,10 +39,16 @@ type conn struct {
 	limiter *rate.Limiter
 
 	// The outbound queue: a slice that is empty (and costs nothing) while
-	// the socket is idle, bounded by QueueSize, and a wake-up for the writer.
-	qmu   sync.Mutex
-	queue []outItem
-	wake  chan struct{}
+	// the socket is idle, bounded by QueueSize frames and QueueBytes bytes,
+	// and a wake-up for the writer. qmu also guards typingSeen.
+	qmu    sync.Mutex
+	queue  []outItem
+	qbytes int
+	wake   chan struct{}
+	// typingSeen holds when each typing frame (which names its sender) was
+	// last queued, to pass at most one per sender a second. It is nil until
+	// a typing frame arrives.
+	typingSeen map[string]time.Time
 
 	// watching is guarded by h.mu.
 	watching map[string]struct{}
@@ -54,6 +64,7 @@ type conn struct {
 	quitOnce  sync.Once
 	quitCode  websocket.StatusCode
 	quitWhy   string
+	slow      atomic.Bool // closed as a slow consumer: nothing more is queued
 	busy      sync.Mutex  // held while a request is answered
 	closing   atomic.Bool // no new request is answered
 	lastHeard atomic.Int64
@@ -61,20 +72,112 @@ type conn struct {
 
 func (c *conn) touch() { c.lastHeard.Store(time.Now().UnixNano()) }
 
-// enqueue queues a frame without blocking; a full queue closes the socket.
+// enqueue queues a frame without blocking. A queue over its bound, in
+// frames or bytes, closes the socket as a slow consumer.
 func (c *conn) enqueue(it outItem) {
 	c.qmu.Lock()
-	if len(c.queue) >= c.h.cfg.QueueSize {
+	if c.slow.Load() {
 		c.qmu.Unlock()
-		c.h.m.slowConsumer()
-		c.shutdown(websocket.StatusPolicyViolation, "slow consumer: outbound queue full")
+		return
+	}
+	if len(c.queue) >= c.h.cfg.QueueSize || c.qbytes+len(it.frame) > c.h.cfg.QueueBytes {
+		frames, bytes := len(c.queue), c.qbytes
+		c.dropQueueLocked()
+		c.qmu.Unlock()
+		c.closeSlow(frames, bytes)
 		return
 	}
 	c.queue = append(c.queue, it)
+	c.qbytes += len(it.frame)
 	c.qmu.Unlock()
+	c.signal()
+}
+
+// enqueueEphemeral queues a frame that may be lost without harm (typing,
+// pushed presence): it is dropped, not queued, while the queue is over
+// half full, so that what other users cause can never fill a socket's
+// queue and close it. A typing frame (typing true) passes at most once a
+// second per sender; the frame itself names the sender.
+func (c *conn) enqueueEphemeral(frame []byte, typing bool) {
+	cfg := &c.h.cfg
+	c.qmu.Lock()
+	if c.slow.Load() || len(c.queue) > cfg.QueueSize/2 || c.qbytes+len(frame) > cfg.QueueBytes/2 {
+		c.qmu.Unlock()
+		c.h.m.ephemeralDropped()
+		return
+	}
+	if typing && !c.typingAllowedLocked(frame, time.Now()) {
+		c.qmu.Unlock()
+		c.h.m.ephemeralDropped()
+		return
+	}
+	c.queue = append(c.queue, outItem{frame: frame})
+	c.qbytes += len(frame)
+	c.qmu.Unlock()
+	c.signal()
+}
+
+// maxTypingSenders bounds typingSeen: past it, typing from new senders is
+// dropped until older entries age out.
+const maxTypingSenders = 256
+
+// typingAllowedLocked reports whether a typing frame may pass now, and
+// records it. c.qmu is held.
+func (c *conn) typingAllowedLocked(frame []byte, now time.Time) bool {
+	if last, ok := c.typingSeen[string(frame)]; ok && now.Sub(last) < time.Second {
+		return false
+	}
+	if c.typingSeen == nil {
+		c.typingSeen = map[string]time.Time{}
+	}
+	if len(c.typingSeen) >= maxTypingSenders/2 {
+		for k, t := range c.typingSeen {
+			if now.Sub(t) >= time.Second {
+				delete(c.typingSeen, k)
+			}
+		}
+		if len(c.typingSeen) >= maxTypingSenders {
+			return false
+		}
+	}
+	c.typingSeen[string(frame)] = now
+	return true
+}
+
+// signal wakes the writer.
+func (c *conn) signal() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
+	}
+}
+
+// dropQueueLocked marks the socket slow and releases its queued frames.
+// c.qmu is held.
+func (c *conn) dropQueueLocked() {
+	c.slow.Store(true)
+	c.queue, c.qbytes, c.typingSeen = nil, 0, nil
+}
+
+// closeSlow closes a socket that does not read its own traffic: it stops
+// answering its requests at once, asks the writer for a close with 1008,
+// and drops the TCP connection if that has not happened within
+// slowCloseGrace (a writer stuck on a full socket cannot send it).
+func (c *conn) closeSlow(frames, bytes int) {
+	c.closing.Store(true)
+	first := false
+	c.quitOnce.Do(func() {
+		first = true
+		c.quitCode, c.quitWhy = websocket.StatusPolicyViolation, "slow consumer: outbound queue full"
+		close(c.quit)
+	})
+	if !first {
+		return // already closing for another reason
+	}
+	c.h.m.slowConsumer()
+	c.h.log.Warn("closed a slow consumer", "user", c.user, "queued_frames", frames, "queued_bytes", bytes)
+	if ws := c.ws; ws != nil {
+		time.AfterFunc(slowCloseGrace, func() { ws.CloseNow() })
 	}
 }
 
@@ -82,7 +185,7 @@ func (c *conn) enqueue(it outItem) {
 func (c *conn) take() []outItem {
 	c.qmu.Lock()
 	q := c.queue
-	c.queue = nil
+	c.queue, c.qbytes = nil, 0
 	c.qmu.Unlock()
 	return q
 }
@@ -93,7 +196,7 @@ func (c *conn) flush(ctx context.Context) bool {
 	for q := c.take(); len(q) > 0; q = c.take() {
 		wctx, cancel := context.WithTimeout(ctx, c.h.cfg.WriteTimeout)
 		for _, it := range q {
-			if !c.write(wctx, it) {
+			if c.slow.Load() || !c.write(wctx, it) {
 				cancel()
 				return false
 			}
@@ -269,18 +372,13 @@ func (c *conn) handle(ctx context.Context, typ websocket.MessageType, data []byt
 		c.fail("", CodeBadRequest, "frames must be text frames holding JSON")
 		return
 	}
-	if !utf8.Valid(data) {
-		c.fail("", CodeBadRequest, "frame is not valid UTF-8")
-		return
-	}
-	if loneSurrogate(data) {
-		// encoding/json would store U+FFFD in its place.
-		c.fail(lenientID(data), CodeBadRequest, `frame holds a \u escape of an unpaired UTF-16 surrogate: not valid UTF-8 text`)
-		return
-	}
-	var f inFrame
-	if err := json.Unmarshal(data, &f); err != nil {
-		c.fail(lenientID(data), CodeBadRequest, "invalid JSON frame: "+err.Error())
+	f, err := decodeFrame(data)
+	if err != nil {
+		id := ""
+		if utf8.Valid(data) {
+			id = lenientID(data)
+		}
+		c.fail(id, CodeBadRequest, err.Error())
 		return
 	}
 	id := ""
@@ -471,8 +569,10 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "history", err)
 		return
 	}
-	c.reply(historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages,
-		Unread: page.Unread, More: page.More})
+	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
+		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
+			Unread: page.Unread, More: page.More || cut}
+	})})
 }
 
 func (c *conn) read(ctx context.Context, id string, f *inFrame) {
@@ -500,7 +600,9 @@ func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "inbox", err)
 		return
 	}
-	c.reply(inboxFrame{Type: "inbox", ID: id, Conversations: convs, More: more})
+	c.enqueue(outItem{frame: encodeCut(len(convs), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
+		return inboxFrame{Type: "inbox", ID: id, Conversations: convs[:k], More: more || cut}
+	})})
 }
 
 // maxPresenceUsers bounds the users of one presence request.
@@ -556,7 +658,7 @@ func (c *conn) pushPresence(user string, online bool, frame []byte) {
 		}
 		c.pushed[user] = online
 	}
-	c.enqueue(outItem{frame: frame})
+	c.enqueueEphemeral(frame, false)
 }
 
 func (c *conn) typing(ctx context.Context, id string, f *inFrame) {

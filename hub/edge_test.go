@@ -99,6 +99,10 @@ func TestBadFramesKeepTheSocket(t *testing.T) {
 		{`{"type":"send","to":"43","text":"x\ud800y","id":"s1"}`, "bad_request", "s1"},
 		{`{"type":"send","to":"43","text":"x\udc00","id":"s2"}`, "bad_request", "s2"},
 		{`{"type":"send","to":"43","text":"\ud83d\u0041","id":"s3"}`, "bad_request", "s3"},
+		{`{"type":"send","to":"43","text":"a","text":"b","id":"d1"}`, "bad_request", "d1"},
+		{`{"type":"send","to":"43","TEXT":"x","id":"d2"}`, "bad_request", "d2"},
+		{`{"type":"send","to":"43","text":"x","Text":"y","id":"d3","type":"send"}`, "bad_request", "d3"},
+		{`{"type":"ping","id":"d4"} {"type":"ping"}`, "bad_request", ""},
 	}
 	for _, tc := range cases {
 		c.send([]byte(tc.frame))

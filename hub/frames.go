@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"encoding/json"
 
 	"github.com/chatd/chatd/store"
@@ -86,11 +87,28 @@ type errorFrame struct {
 
 var resyncFrame = []byte(`{"type":"resync"}`)
 
-// encode marshals a frame; every frame type above always marshals.
+// encode marshals a frame; every frame type above always marshals. Frames
+// are JSON, not HTML: <, > and & are written as they are, so a text costs
+// at most its JSON-escaped size.
 func encode(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		panic("hub: encode frame: " + err.Error())
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'})
+}
+
+// encodeCut encodes a reply holding n entries (messages of a page,
+// conversations of an inbox) with build(k), which renders the first k of
+// them. When the frame is over limit bytes it keeps fewer entries, at least
+// one, and build is told so (cut true); the client pages on for the rest.
+func encodeCut(n, limit int, build func(k int, cut bool) any) []byte {
+	b := encode(build(n, false))
+	for k := n; len(b) > limit && k > 1; {
+		k = min(k-1, max(1, k*limit/len(b)*9/10))
+		b = encode(build(k, true))
 	}
 	return b
 }

@@ -73,8 +73,14 @@ type Config struct {
 	// Origins are the host patterns (path.Match syntax) of browser origins
 	// allowed besides the server's own host. Empty: only the same host.
 	Origins []string
-	// QueueSize bounds each socket's outbound queue, in frames. Defaults to 128.
-	QueueSize int
+	// QueueSize and QueueBytes bound each socket's outbound queue, in
+	// frames and in bytes; a socket over either bound is closed with 1008
+	// (slow consumer). Frames that other users cause and that may be lost
+	// (typing, pushed presence, read receipts) are dropped instead while the
+	// queue is over half of either bound. Defaults: 1024 frames, 1 MiB.
+	// History and inbox replies are cut to fit in a quarter of QueueBytes.
+	QueueSize  int
+	QueueBytes int
 	// MaxFrameBytes is the largest client frame; a larger one closes the
 	// socket with 1009. Defaults to 32 KiB (a 4096-byte text fully escaped).
 	MaxFrameBytes int64
@@ -120,7 +126,10 @@ type Hub struct {
 // New returns a Hub.
 func New(cfg Config) *Hub {
 	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = 128
+		cfg.QueueSize = 1024
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 1 << 20
 	}
 	if cfg.MaxFrameBytes <= 0 {
 		cfg.MaxFrameBytes = 32 << 10
@@ -313,11 +322,18 @@ func (h *Hub) Deliver(d store.Delivery) {
 			if c.id != "" && c.id == d.Origin {
 				continue
 			}
-			it := outItem{frame: d.Frame}
-			if !d.Stored.IsZero() {
-				it.stored = d.Stored.UnixMicro()
+			switch d.Kind {
+			case 't':
+				c.enqueueEphemeral(d.Frame, true)
+			case 'r':
+				c.enqueueEphemeral(d.Frame, false)
+			default:
+				it := outItem{frame: d.Frame}
+				if !d.Stored.IsZero() {
+					it.stored = d.Stored.UnixMicro()
+				}
+				c.enqueue(it)
 			}
-			c.enqueue(it)
 		}
 	}
 }

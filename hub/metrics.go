@@ -17,6 +17,7 @@ type Metrics struct {
 	Frames         *prometheus.CounterVec
 	Errors         *prometheus.CounterVec
 	SlowCloses     prometheus.Counter
+	Dropped        prometheus.Counter
 	RateLimited    prometheus.Counter
 	PubSubRestarts prometheus.Counter
 	CanaryRTT      prometheus.Histogram
@@ -52,6 +53,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SlowCloses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_slow_consumer_closes_total", Help: "Sockets closed because their outbound queue was full.",
 		}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatd_ephemeral_dropped_total",
+			Help: "Typing, presence and receipt frames not queued: the socket's queue was over half full, or typing came faster than once a second from one sender.",
+		}),
 		RateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_rate_limited_frames_total", Help: "Client frames refused by the rate limit.",
 		}),
@@ -70,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"command"}),
 	}
 	reg.MustRegister(m.Connections, m.OnlineUsers, m.Stored, m.Delivered, m.DeliveryLag, m.Frames,
-		m.Errors, m.SlowCloses, m.RateLimited, m.PubSubRestarts, m.CanaryRTT, m.RedisLatency)
+		m.Errors, m.SlowCloses, m.Dropped, m.RateLimited, m.PubSubRestarts, m.CanaryRTT, m.RedisLatency)
 	return m
 }
 
@@ -128,6 +133,12 @@ func (m *Metrics) error(code string) {
 func (m *Metrics) slowConsumer() {
 	if m != nil {
 		m.SlowCloses.Inc()
+	}
+}
+
+func (m *Metrics) ephemeralDropped() {
+	if m != nil {
+		m.Dropped.Inc()
 	}
 }
 

@@ -28,6 +28,7 @@ type config struct {
 	maxConns    int
 	maxPerUser  int
 	queue       int
+	queueBytes  int
 	presenceTTL time.Duration
 	debugAddr   string
 	logFormat   string
@@ -75,7 +76,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&c.burst, "burst", 40, "frames each socket may send in a burst")
 	fs.IntVar(&c.maxConns, "max-conns", num("CHAT_MAX_CONNS", 10000), "most sockets on this replica (env CHAT_MAX_CONNS)")
 	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica")
-	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
+	fs.IntVar(&c.queue, "queue", num("CHAT_QUEUE", 1024), "outbound frames queued per socket before it is closed as a slow consumer (env CHAT_QUEUE)")
+	fs.IntVar(&c.queueBytes, "queue-bytes", num("CHAT_QUEUE_BYTES", 1<<20), "outbound `bytes` queued per socket before it is closed as a slow consumer; history and inbox replies are cut to a quarter of it (env CHAT_QUEUE_BYTES)")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
 	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
 	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
@@ -102,6 +104,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 {
 		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user and -queue must be positive")
+	}
+	if c.queueBytes < 64<<10 {
+		return c, errors.New("-queue-bytes must be at least 65536: a reply of one 4096-byte text, escaped, must fit in a quarter of it")
 	}
 	return c, nil
 }

@@ -108,7 +108,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	verifier := auth.New(cfg.secret, store.ValidateUser)
 	h := hub.New(hub.Config{
 		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
-		QueueSize: cfg.queue, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
+		QueueSize: cfg.queue, QueueBytes: cfg.queueBytes, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
 		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
 	})
 	sub := st.Subscribe(cfg.replica, resyncSignal{h, metrics, kickResync})

@@ -1,0 +1,113 @@
+package hub
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDecodeFrame(t *testing.T) {
+	str := func(s string) *string { return &s }
+	i64 := func(n int64) *int64 { return &n }
+	yes := true
+	cases := []struct {
+		in      string
+		want    inFrame
+		wantErr string // a substring of the error, "" for none
+	}{
+		{in: `{"type":"send","to":"43","text":"hi","id":"c1"}`,
+			want: inFrame{Type: "send", To: "43", Text: str("hi"), ID: str("c1")}},
+		{in: `{"type":"history","with":"43","before":5,"limit":2}`,
+			want: inFrame{Type: "history", With: "43", Before: i64(5), Limit: func() *int { n := 2; return &n }()}},
+		{in: `{"type":"presence","users":["a","b"],"watch":true}`,
+			want: inFrame{Type: "presence", Users: []string{"a", "b"}, Watch: &yes}},
+		{in: ` {"type":"ping","extra":{"nested":[1,{"x":null}]}} `, want: inFrame{Type: "ping"}},
+		{in: `{"type":"send","text":null}`, want: inFrame{Type: "send"}},
+		// Keys match exactly: "TEXT" is not "text".
+		{in: `{"type":"send","text":"a","TEXT":"b"}`, want: inFrame{Type: "send", Text: str("a")}},
+		{in: `{"Type":"ping"}`, want: inFrame{}},
+		{in: `{"type":"send","text":"a","text":"b"}`, wantErr: `"text" is given twice`},
+		{in: `{"type":"ping","type":"ping"}`, wantErr: `"type" is given twice`},
+		{in: `{"type":5}`, wantErr: `"type" must be a string`},
+		{in: `{"type":"history","before":1.5}`, wantErr: `"before" must be an integer`},
+		{in: `{"type":"history","limit":"2"}`, wantErr: `"limit" must be an integer`},
+		{in: `{"type":"presence","users":"a"}`, wantErr: `"users" must be a list of strings`},
+		{in: `{"type":"presence","watch":1}`, wantErr: `"watch" must be true or false`},
+		{in: `[1]`, wantErr: "must be a JSON object"},
+		{in: `"x"`, wantErr: "must be a JSON object"},
+		{in: `{"type":"ping"} {}`, wantErr: "nothing after it"},
+		{in: `{"type":"ping"`, wantErr: "invalid JSON"},
+		{in: `{"type" "ping"}`, wantErr: "invalid JSON"},
+		{in: ``, wantErr: "invalid JSON"},
+		{in: "{\"type\":\"\xff\"}", wantErr: "not valid UTF-8"},
+		{in: `{"type":"send","text":"\ud800"}`, wantErr: "unpaired UTF-16 surrogate"},
+	}
+	for _, tc := range cases {
+		got, err := decodeFrame([]byte(tc.in))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: err = %v, want one saying %q", tc.in, err, tc.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "json:") {
+				t.Errorf("%s: error %q shows the package's prefix", tc.in, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: got %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// FuzzDecodeFrame: no input panics the decoder; what it accepts is one
+// valid JSON object of UTF-8 text, and whatever it decoded is what
+// encoding/json reads from the same object.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"send","to":"43","text":"hi","id":"c1"}`,
+		`{"type":"history","with":"43","before":120,"limit":50,"id":"c2"}`,
+		`{"type":"presence","users":["43","65"],"watch":true,"id":"c5"}`,
+		`{"type":"send","text":"\ud83d\ude00 \u00e9"}`,
+		`{"type":"send","text":"a","TEXT":"b"}`,
+		`{"type":"send","text":"a","text":"b"}`,
+		`{"x":[{"y":[]}],"type":"ping"}`,
+		`{"type":"send","text":"x\udc00"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := decodeFrame(data)
+		if err != nil {
+			if _, ok := err.(*frameError); !ok {
+				t.Fatalf("error %T %v is not a client error", err, err)
+			}
+			return
+		}
+		if !json.Valid(data) {
+			t.Fatalf("accepted invalid JSON %q", data)
+		}
+		var std inFrame
+		if err := json.Unmarshal(data, &std); err != nil {
+			t.Fatalf("accepted %q, which encoding/json refuses: %v", data, err)
+		}
+		// With keys exact and unique, the two agree whenever no other key
+		// differs from a known one only by case.
+		var keys map[string]json.RawMessage
+		_ = json.Unmarshal(data, &keys)
+		for k := range keys {
+			if b, _, _ := got.field(k); b == 0 {
+				if b, _, _ := got.field(strings.ToLower(k)); b != 0 {
+					return
+				}
+			}
+		}
+		if !reflect.DeepEqual(got, std) {
+			t.Fatalf("%q: decoded %+v, encoding/json %+v", data, got, std)
+		}
+	})
+}
