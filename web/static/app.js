@@ -123,6 +123,8 @@ function showSignin(message = "", mode = "") {
   if (chat) chat.stop();
   chat = null;
   credential = null;
+  clearTimeout(bannerTimer); // its countdown would read the chat that is gone
+  $("banner").hidden = true;
   document.title = "chatd";
   $("app").hidden = true;
   $("signin").hidden = false;
