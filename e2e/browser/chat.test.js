@@ -104,6 +104,17 @@ async function stopServer(s, timeout = 15000) {
   return code;
 }
 
+/** newSecret is a token secret: 32 random bytes as 64 hex characters (the server wants 32 bytes or more). */
+function newSecret() {
+  return crypto.randomBytes(32).toString("hex");
+}
+
+/** mint makes a token with the server's own command. */
+async function mint(secret, user, ttl) {
+  const { stdout } = await promisify(execFile)(bin, ["token", "-user", user, "-ttl", ttl, "-secret", secret]);
+  return stdout.trim();
+}
+
 /** jwt signs an HS256 token, for tokens the server's own command would refuse to make (expired ones). */
 function jwt(secret, claims) {
   const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
@@ -698,13 +709,12 @@ test("hostile text stays inside its bubble and cannot reorder the text around it
 });
 
 test("sign in with a token", { timeout: 60000 }, async () => {
-  const secret = crypto.randomBytes(16).toString("hex");
+  const secret = newSecret();
   const tokenServer = startServer(await freePort(), "-secret", secret);
   try {
     await waitReady(tokenServer);
     const base = `http://127.0.0.1:${tokenServer.port}`;
-    const { stdout } = await promisify(execFile)(bin, ["token", "-user", "65", "-ttl", "1h", "-secret", secret]);
-    const good = stdout.trim();
+    const good = await mint(secret, "65", "1h");
     const now = Math.floor(Date.now() / 1000);
     const expired = jwt(secret, { sub: "65", iat: now - 7200, exp: now - 3600 });
     const forged = jwt("not-the-secret", { sub: "65", iat: now, exp: now + 3600 });
@@ -753,6 +763,68 @@ test("sign in with a token", { timeout: 60000 }, async () => {
     await waitFor("the token's user to stay signed in", async () => [(await linked.locator(tid("me")).textContent()) === "65"]);
     await context.close();
     delete pages["65-token"];
+  } finally {
+    const code = await stopServer(tokenServer);
+    assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
+  }
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+/** isReady tells whether a frame's text is the server's "ready". */
+function isReady(payload) {
+  try {
+    return JSON.parse(payload).type === "ready";
+  } catch {
+    return false;
+  }
+}
+
+/** expectSessionExpired waits for the sign-in form to say the session expired, then for no reconnect. */
+async function expectSessionExpired(page, opened, timeout) {
+  await waitFor("the sign-in form to say the session expired", async () => {
+    const text = await page.locator(tid("signin-error")).textContent();
+    return [(await page.locator(tid("signin-form")).isVisible()) && /session expired/i.test(text), text];
+  }, timeout);
+  assert.equal(await page.locator(tid("signin-mode-token")).isChecked(), true, "the form asks for a token");
+  const before = opened();
+  await sleep(2500); // the first reconnect would come within 0.5 s, the second within 1 s more
+  assert.equal(opened(), before, "the page does not connect again");
+}
+
+test("a socket the server closes because its token expired ends on the sign-in form", { timeout: 60000 }, async () => {
+  const secret = newSecret();
+  const tokenServer = startServer(await freePort(), "-secret", secret);
+  try {
+    await waitReady(tokenServer);
+    const token = await mint(secret, "67", "1h");
+    const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "67-token");
+    // Stand between the page and the server to close the socket with a chosen code and reason.
+    let opened = 0;
+    let ready = 0;
+    let route = null;
+    await page.routeWebSocket(/\/ws/, (ws) => {
+      opened++;
+      route = ws;
+      const server = ws.connectToServer();
+      server.onMessage((msg) => {
+        if (isReady(msg)) ready++;
+        ws.send(msg);
+      });
+    });
+    await page.goto(`http://127.0.0.1:${tokenServer.port}/#token=${token}`);
+    await page.locator(tid("app")).waitFor();
+    await waitFor("the socket to be ready", async () => [ready === 1, ready]);
+
+    // Another policy close (a client too slow to read) is worth a reconnect.
+    await route.close({ code: 1008, reason: "too slow" });
+    await waitFor("the page to connect again after another 1008", async () => [ready === 2, ready]);
+    assert.equal(await page.locator(tid("app")).isVisible(), true, "the page stays signed in");
+
+    await route.close({ code: 1008, reason: "token expired" });
+    await expectSessionExpired(page, () => opened, 5000);
+    await shot(page, "session-expired");
+    await page.context().close();
+    delete pages["67-token"];
   } finally {
     const code = await stopServer(tokenServer);
     assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
