@@ -831,3 +831,32 @@ test("a socket the server closes because its token expired ends on the sign-in f
   }
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });
+
+test("a socket whose token expires is closed and the page shows sign-in", { timeout: 60000 }, async () => {
+  const secret = newSecret();
+  const tokenServer = startServer(await freePort(), "-secret", secret);
+  try {
+    await waitReady(tokenServer);
+    const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "68-token");
+    let opened = 0;
+    let ready = 0;
+    page.on("websocket", (ws) => {
+      opened++;
+      ws.on("framereceived", (f) => { if (isReady(f.payload)) ready++; });
+    });
+    const token = await mint(secret, "68", "3s");
+    const exp = JSON.parse(Buffer.from(token.split(".")[1], "base64url")).exp * 1000;
+    await page.goto(`http://127.0.0.1:${tokenServer.port}/#token=${token}`);
+    await page.locator(tid("app")).waitFor();
+    await waitFor("the socket to be ready", async () => [ready === 1, ready]);
+    // The server closes the socket (1008, "token expired") when the token runs out, with some
+    // leeway for clock skew; the page then signs out instead of reconnecting.
+    await expectSessionExpired(page, () => opened, Math.max(1000, exp + 10000 - Date.now()));
+    await page.context().close();
+    delete pages["68-token"];
+  } finally {
+    const code = await stopServer(tokenServer);
+    assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
+  }
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
