@@ -104,6 +104,17 @@ async function stopServer(s, timeout = 15000) {
   return code;
 }
 
+/** newSecret is a token secret: 32 random bytes as 64 hex characters (the server wants 32 bytes or more). */
+function newSecret() {
+  return crypto.randomBytes(32).toString("hex");
+}
+
+/** mint makes a token with the server's own command. */
+async function mint(secret, user, ttl) {
+  const { stdout } = await promisify(execFile)(bin, ["token", "-user", user, "-ttl", ttl, "-secret", secret]);
+  return stdout.trim();
+}
+
 /** jwt signs an HS256 token, for tokens the server's own command would refuse to make (expired ones). */
 function jwt(secret, claims) {
   const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
@@ -550,14 +561,160 @@ test("a failed send is retried with the same id and stored once", { timeout: 600
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });
 
+// Texts that try to escape their bubble: a right-to-left override (U+202E) that would run
+// everything after it backwards, 2000 combining accents stacked on one letter (thousands of
+// pixels tall), and a word too long for any line.
+const HOSTILE = {
+  before: "Plain text before the override",
+  rlo: "\u202ERLO: this runs backwards",
+  after: "Plain text after the override",
+  rtl: "שלום!",
+  long: "Pneumonoultramicroscopicsilicovolcanoconiosis".repeat(7),
+  zalgo: `Z${"\u0301".repeat(2000)}`,
+};
+
+/** textOf finds the text element of the message whose text is `text`. */
+function textOf(page, text) {
+  return page.locator(tid("message-text")).filter({ hasText: text.slice(0, 20) }).first();
+}
+
+/**
+ * paintsOutside tells whether `text` puts any pixel outside `box` within `region`: it compares two
+ * screenshots of the region, with the text shown and hidden, and with `box` masked out of both.
+ * Layout boxes cannot tell: stacked accents paint far outside the line box without changing it.
+ */
+async function paintsOutside(page, text, box, region) {
+  const clip = await region.boundingBox();
+  const take = () => page.screenshot({ clip, mask: [box], animations: "disabled", caret: "hide" });
+  const shown = await take();
+  await text.evaluate((e) => { e.style.visibility = "hidden"; });
+  const hidden = await take();
+  await text.evaluate((e) => { e.style.visibility = ""; });
+  return !shown.equals(hidden);
+}
+
+/** notIsolated lists the elements matching `selector` that are not dir="auto" with unicode-bidi: isolate. */
+function notIsolated(page, selector) {
+  return page.$$eval(selector, (els) => {
+    if (els.length === 0) return ["no element matches"];
+    return els
+      .filter((e) => e.getAttribute("dir") !== "auto" || getComputedStyle(e).unicodeBidi !== "isolate")
+      .map((e) => `${e.className || e.id}: dir=${e.getAttribute("dir")} unicode-bidi=${getComputedStyle(e).unicodeBidi}`);
+  });
+}
+
+/** checkHostile asserts that every hostile text in the open conversation stays in its place. */
+async function checkHostile(page) {
+  const selectors = [tid("message-text"), tid("chat-title"), tid("me")];
+  if (await page.locator(tid("conv-list")).isVisible()) selectors.push(tid("conv-name"), `${tid("conv-preview")} bdi`);
+  for (const selector of selectors) {
+    assert.deepEqual(await notIsolated(page, selector), [], `text from people in ${selector} is isolated`);
+  }
+
+  // Every text, and its painted glyphs, stay inside its bubble, and every bubble inside the list.
+  const escapes = await page.$$eval(`${tid("message-list")} > ${tid("message")}`, (els) => {
+    const list = document.querySelector('[data-testid="message-list"]').getBoundingClientRect();
+    const out = [];
+    for (const li of els) {
+      const text = li.querySelector('[data-testid="message-text"]');
+      const bubble = text.closest(".bubble").getBoundingClientRect();
+      const range = document.createRange();
+      range.selectNodeContents(text);
+      const glyphs = range.getBoundingClientRect();
+      const inside = (a, b) => a.left >= b.left - 0.5 && a.right <= b.right + 0.5 && a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
+      const name = text.textContent.slice(0, 30);
+      if (!inside(glyphs, bubble)) out.push(`${name}: glyphs ${JSON.stringify(glyphs)} outside bubble ${JSON.stringify(bubble)}`);
+      if (text.scrollWidth > text.clientWidth) out.push(`${name}: scrollWidth ${text.scrollWidth} > clientWidth ${text.clientWidth}`);
+      if (bubble.left < list.left - 0.5 || bubble.right > list.right + 0.5) out.push(`${name}: bubble ${bubble.left}..${bubble.right} outside list ${list.left}..${list.right}`);
+    }
+    return out;
+  });
+  assert.deepEqual(escapes, [], "texts stay inside their bubbles");
+
+  // Reading order: where the first and the last character of a text are painted.
+  const ends = (loc) => loc.evaluate((e) => {
+    const node = e.firstChild;
+    const at = (i) => {
+      const r = document.createRange();
+      r.setStart(node, i);
+      r.setEnd(node, i + 1);
+      return r.getBoundingClientRect().left;
+    };
+    return { first: at(0), last: at(node.data.length - 1) };
+  });
+  for (const text of [HOSTILE.before, HOSTILE.after]) {
+    const { first, last } = await ends(textOf(page, text));
+    assert.ok(first < last, `"${text}" still reads left to right (first character at ${first}, last at ${last})`);
+  }
+  const rloTime = textOf(page, HOSTILE.rlo).locator("xpath=..").locator(tid("message-time"));
+  const time = await ends(rloTime);
+  assert.ok(time.first < time.last, `the override's own timestamp reads left to right (${JSON.stringify(time)})`);
+  // dir="auto": a Hebrew text runs right to left, so its "!" ends up at its left end.
+  const rtl = await ends(textOf(page, HOSTILE.rtl));
+  assert.ok(rtl.last < rtl.first, `"${HOSTILE.rtl}" runs right to left (first character at ${rtl.first}, "!" at ${rtl.last})`);
+
+  // The accents really do reach far outside the line; none of it may show outside the bubble.
+  const zalgo = page.locator(`${tid("message-list")} > ${tid("message")}`).last().locator(tid("message-text"));
+  assert.equal(await zalgo.textContent(), HOSTILE.zalgo);
+  const { ink, height } = await zalgo.evaluate((e) => {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = getComputedStyle(e).font;
+    const m = ctx.measureText(e.textContent);
+    return { ink: m.actualBoundingBoxAscent + m.actualBoundingBoxDescent, height: e.closest(".bubble").getBoundingClientRect().height };
+  });
+  assert.ok(ink > 3 * height, `the stacked accents paint ${ink} px, far more than the ${height} px bubble`);
+  const bubble = zalgo.locator("xpath=ancestor::*[contains(@class,'bubble')][1]");
+  assert.equal(await paintsOutside(page, zalgo, bubble, page.locator(tid("message-scroll"))), false,
+    "the stacked accents paint nothing outside their bubble");
+}
+
+test("hostile text stays inside its bubble and cannot reorder the text around it", { timeout: 90000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const desktop = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const sender = await newPage(desktop, "51-desktop");
+  await sender.goto(`${base}/#user=51`);
+  await sender.locator(tid("app")).waitFor();
+  await sender.locator(tid("new-chat-input")).fill("52");
+  await sender.locator(tid("new-chat-input")).press("Enter");
+  await waitFor("the empty conversation to load", async () => [/No messages yet/.test(await sender.locator(tid("history-note")).textContent())]);
+  for (const text of Object.values(HOSTILE)) await sendAndWait(sender, text);
+  await checkHostile(sender);
+  // The list shows the last text as a preview: it too stays in its place.
+  const preview = convItem(sender, "52").locator(tid("conv-preview"));
+  assert.equal(await preview.textContent(), `You: ${HOSTILE.zalgo}`);
+  assert.equal(await paintsOutside(sender, preview.locator("bdi"), preview, sender.locator(tid("conv-list"))), false,
+    "the preview's accents paint nothing outside the preview");
+
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const receiver = await newPage(phone, "52-phone");
+  await receiver.goto(`${base}/#user=52`);
+  await receiver.locator(tid("app")).waitFor();
+  await convItem(receiver, "51").click();
+  await waitFor("52 to get every text", async () => {
+    const m = await messages(receiver);
+    return [JSON.stringify(m.map((x) => x.text)) === JSON.stringify(Object.values(HOSTILE)), m.map((x) => x.text.slice(0, 30))];
+  });
+  await checkHostile(receiver);
+  await waitFor("51's texts to be marked read", async () => {
+    const m = await messages(sender);
+    return [m.every((x) => x.state === "read"), m.map((x) => x.state)];
+  });
+  await shot(sender, "bidi");
+  await shot(receiver, "bidi-phone");
+  await desktop.close();
+  await phone.close();
+  delete pages["51-desktop"];
+  delete pages["52-phone"];
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
 test("sign in with a token", { timeout: 60000 }, async () => {
-  const secret = crypto.randomBytes(16).toString("hex");
+  const secret = newSecret();
   const tokenServer = startServer(await freePort(), "-secret", secret);
   try {
     await waitReady(tokenServer);
     const base = `http://127.0.0.1:${tokenServer.port}`;
-    const { stdout } = await promisify(execFile)(bin, ["token", "-user", "65", "-ttl", "1h", "-secret", secret]);
-    const good = stdout.trim();
+    const good = await mint(secret, "65", "1h");
     const now = Math.floor(Date.now() / 1000);
     const expired = jwt(secret, { sub: "65", iat: now - 7200, exp: now - 3600 });
     const forged = jwt("not-the-secret", { sub: "65", iat: now, exp: now + 3600 });
@@ -606,6 +763,97 @@ test("sign in with a token", { timeout: 60000 }, async () => {
     await waitFor("the token's user to stay signed in", async () => [(await linked.locator(tid("me")).textContent()) === "65"]);
     await context.close();
     delete pages["65-token"];
+  } finally {
+    const code = await stopServer(tokenServer);
+    assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
+  }
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+/** isReady tells whether a frame's text is the server's "ready". */
+function isReady(payload) {
+  try {
+    return JSON.parse(payload).type === "ready";
+  } catch {
+    return false;
+  }
+}
+
+/** expectSessionExpired waits for the sign-in form to say the session expired, then for no reconnect. */
+async function expectSessionExpired(page, opened, timeout) {
+  await waitFor("the sign-in form to say the session expired", async () => {
+    const text = await page.locator(tid("signin-error")).textContent();
+    return [(await page.locator(tid("signin-form")).isVisible()) && /session expired/i.test(text), text];
+  }, timeout);
+  assert.equal(await page.locator(tid("signin-mode-token")).isChecked(), true, "the form asks for a token");
+  const before = opened();
+  await sleep(2500); // the first reconnect would come within 0.5 s, the second within 1 s more
+  assert.equal(opened(), before, "the page does not connect again");
+}
+
+test("a socket the server closes because its token expired ends on the sign-in form", { timeout: 60000 }, async () => {
+  const secret = newSecret();
+  const tokenServer = startServer(await freePort(), "-secret", secret);
+  try {
+    await waitReady(tokenServer);
+    const token = await mint(secret, "67", "1h");
+    const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "67-token");
+    // Stand between the page and the server to close the socket with a chosen code and reason.
+    let opened = 0;
+    let ready = 0;
+    let route = null;
+    await page.routeWebSocket(/\/ws/, (ws) => {
+      opened++;
+      route = ws;
+      const server = ws.connectToServer();
+      server.onMessage((msg) => {
+        if (isReady(msg)) ready++;
+        ws.send(msg);
+      });
+    });
+    await page.goto(`http://127.0.0.1:${tokenServer.port}/#token=${token}`);
+    await page.locator(tid("app")).waitFor();
+    await waitFor("the socket to be ready", async () => [ready === 1, ready]);
+
+    // Another policy close (a client too slow to read) is worth a reconnect.
+    await route.close({ code: 1008, reason: "too slow" });
+    await waitFor("the page to connect again after another 1008", async () => [ready === 2, ready]);
+    assert.equal(await page.locator(tid("app")).isVisible(), true, "the page stays signed in");
+
+    await route.close({ code: 1008, reason: "token expired" });
+    await expectSessionExpired(page, () => opened, 5000);
+    await shot(page, "session-expired");
+    await page.context().close();
+    delete pages["67-token"];
+  } finally {
+    const code = await stopServer(tokenServer);
+    assert.equal(code, 0, "chatd should exit 0 on SIGTERM");
+  }
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("a socket whose token expires is closed and the page shows sign-in", { timeout: 60000 }, async () => {
+  const secret = newSecret();
+  const tokenServer = startServer(await freePort(), "-secret", secret);
+  try {
+    await waitReady(tokenServer);
+    const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "68-token");
+    let opened = 0;
+    let ready = 0;
+    page.on("websocket", (ws) => {
+      opened++;
+      ws.on("framereceived", (f) => { if (isReady(f.payload)) ready++; });
+    });
+    const token = await mint(secret, "68", "3s");
+    const exp = JSON.parse(Buffer.from(token.split(".")[1], "base64url")).exp * 1000;
+    await page.goto(`http://127.0.0.1:${tokenServer.port}/#token=${token}`);
+    await page.locator(tid("app")).waitFor();
+    await waitFor("the socket to be ready", async () => [ready === 1, ready]);
+    // The server closes the socket (1008, "token expired") when the token runs out, with some
+    // leeway for clock skew; the page then signs out instead of reconnecting.
+    await expectSessionExpired(page, () => opened, Math.max(1000, exp + 10000 - Date.now()));
+    await page.context().close();
+    delete pages["68-token"];
   } finally {
     const code = await stopServer(tokenServer);
     assert.equal(code, 0, "chatd should exit 0 on SIGTERM");

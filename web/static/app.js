@@ -1,5 +1,7 @@
 // The page: sign-in, the conversation list and the open conversation, drawn from a Chat.
-// Every text that comes from a person is put in the page with textContent, never as HTML.
+// Every text that comes from a person is put in the page with textContent, never as HTML. A message
+// text, a preview or a user id shown on its own sits in an element with dir="auto", isolated by app.css,
+// so bidi controls in it cannot reorder the text around it.
 
 import { Chat } from "./chat.js";
 import { cleanToken, probe, tokenProblem, userIdProblem } from "./auth.js";
@@ -121,6 +123,8 @@ function showSignin(message = "", mode = "") {
   if (chat) chat.stop();
   chat = null;
   credential = null;
+  clearTimeout(bannerTimer); // its countdown would read the chat that is gone
+  $("banner").hidden = true;
   document.title = "chatd";
   $("app").hidden = true;
   $("signin").hidden = false;
@@ -409,10 +413,12 @@ function convItem(user) {
     av,
     el("span", { class: "conv-main" },
       el("span", { class: "conv-top" },
-        el("span", { class: "conv-name", "data-testid": "conv-name", text: user }),
+        el("span", { class: "conv-name", dir: "auto", "data-testid": "conv-name", text: user }),
         el("time", { class: "conv-time", "data-testid": "conv-time" })),
       el("span", { class: "conv-bottom" },
-        el("span", { class: "conv-preview", "data-testid": "conv-preview" }),
+        el("span", { class: "conv-preview", "data-testid": "conv-preview" },
+          el("span", { class: "conv-you" }),
+          el("bdi", { class: "conv-text", dir: "auto" })),
         el("span", { class: "badge", "data-testid": "conv-unread", hidden: "" }))));
   avatar(av, user, true);
   btn.addEventListener("click", () => openConv(user));
@@ -433,8 +439,8 @@ function preview(conv) {
       latestTime = p.time;
     }
   }
-  if (!text) return { text: "No messages yet", time: 0 };
-  return { text: (mine ? "You: " : "") + text.replace(/\s+/g, " "), time: latestTime };
+  if (!text) return { you: "", text: "No messages yet", time: 0 };
+  return { you: mine ? "You: " : "", text: text.replace(/\s+/g, " "), time: latestTime };
 }
 
 function renderList() {
@@ -453,13 +459,9 @@ function renderList() {
     setAttr(btn, "aria-current", chat.openWith === conv.with ? "true" : null);
     const pv = preview(conv);
     const pvNode = btn.querySelector(".conv-preview");
-    if (conv.typing) {
-      setText(pvNode, "typing…");
-      pvNode.classList.add("typing-now");
-    } else {
-      setText(pvNode, pv.text);
-      pvNode.classList.remove("typing-now");
-    }
+    setText(pvNode.firstChild, conv.typing ? "" : pv.you);
+    setText(pvNode.lastChild, conv.typing ? "typing…" : pv.text);
+    pvNode.classList.toggle("typing-now", conv.typing);
     const timeNode = btn.querySelector(".conv-time");
     setText(timeNode, pv.time ? fmt.listTime(pv.time) : "");
     setAttr(timeNode, "datetime", pv.time ? new Date(pv.time * 1000).toISOString() : null);
@@ -484,7 +486,7 @@ const STATUS = {
 };
 
 function messageNode(key, item) {
-  const text = el("p", { class: "text", "data-testid": "message-text" });
+  const text = el("p", { class: "text", dir: "auto", "data-testid": "message-text" });
   text.textContent = item.text;
   const li = el("li", { class: "msg", "data-testid": "message", "data-key": key, "data-from": item.from },
     el("div", { class: "bubble" },

@@ -3,7 +3,8 @@
 // Events (all CustomEvent, data in `detail`):
 //   "state"  {state: "connecting" | "open" | "closed", retryAt: ms epoch or 0, attempt}
 //   "frame"  a frame that is not the reply to a pending request (ready, message, receipt, …)
-//   "denied" {reason, message} when the server refuses the credential; reconnecting stops.
+//   "denied" {reason, message} when the server refuses the credential, or ends the session because
+//            the token expired (close 1008, reason "token expired"); reconnecting stops.
 
 import { probe } from "./auth.js";
 
@@ -12,6 +13,8 @@ const PING_EVERY = 25000;      // ms between application pings while open
 const PING_TIMEOUT = 10000;    // ms a ping may take before the socket is taken for dead
 const BACKOFF_BASE = 500;      // ms, first reconnect delay (before jitter)
 const BACKOFF_MAX = 30000;     // ms, longest reconnect delay (before jitter)
+const POLICY = 1008;           // close code of a socket the server ended on purpose
+const TOKEN_EXPIRED = "token expired"; // its reason when the token ran out: reconnecting cannot help
 
 /** RequestError is how a failed request rejects: `code` is a protocol error code or "disconnected"/"timeout". */
 export class RequestError extends Error {
@@ -90,7 +93,7 @@ export class Socket extends EventTarget {
     this.ws = ws;
     ws.gotReady = false;
     ws.onmessage = (ev) => this.received(ws, ev.data);
-    ws.onclose = (ev) => this.closed(ws, ev.code);
+    ws.onclose = (ev) => this.closed(ws, ev.code, ev.reason);
   }
 
   received(ws, data) {
@@ -119,7 +122,7 @@ export class Socket extends EventTarget {
     this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
 
-  closed(ws, code) {
+  closed(ws, code, reason = "") {
     if (ws !== this.ws) return;
     ws.onmessage = ws.onclose = null;
     this.ws = null;
@@ -131,6 +134,15 @@ export class Socket extends EventTarget {
     this.pending.clear();
     if (this.stopped) {
       this.setState("closed");
+      return;
+    }
+    if (code === POLICY && reason === TOKEN_EXPIRED) {
+      // Any other 1008 (a client too slow to read) is worth a reconnect; an expired token is not.
+      this.stop();
+      this.setState("closed");
+      this.dispatchEvent(new CustomEvent("denied", {
+        detail: { reason: "expired", message: "Your session expired: sign in again with a new token." },
+      }));
       return;
     }
     if (!ws.gotReady) {
