@@ -85,15 +85,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.url, "url", "ws://127.0.0.1:8080/ws", "chatd WebSocket `URL`")
 	fs.IntVar(&c.users, "users", 1000, "sockets (users), in pairs")
-	fs.Float64Var(&c.rate, "rate", 15000, "messages per second, all users together; 0 holds idle sockets")
+	fs.Float64Var(&c.rate, "rate", 3000, "messages per second, all users together (3000 is well below what one 2-core box holds); 0 holds idle sockets")
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to measure")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "load before measuring")
-	fs.StringVar(&c.secret, "secret", os.Getenv("CHAT_SECRET"), "token `secret`; empty uses ?user=")
+	fs.StringVar(&c.secret, "secret", "", "token `secret` (default: env CHAT_SECRET); empty uses ?user=")
 	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number")
 	fs.IntVar(&c.text, "text", 64, "message text `bytes`")
 	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `chatload puts a chat load on a chatd server and reports what it saw.
+
+Users connect in pairs and each sends to its peer at a fixed share of -rate;
+every send must be acknowledged ("sent") and delivered (the peer's "message").
+It reports throughput, ack and delivery latency percentiles and errors; with
+-rate 0 and -metrics, it holds idle sockets and reports the server's memory
+per socket.
+
+Examples:
+  chatload -url ws://127.0.0.1:8080/ws -users 1000 -rate 3000 -duration 30s
+  chatload -users 10000 -rate 0 -metrics http://127.0.0.1:8080/metrics   # memory per idle socket
+
+Many sockets need many file descriptors: raise the limit first (ulimit -n 65536).
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if c.secret == "" {
+		c.secret = os.Getenv("CHAT_SECRET")
 	}
 	if c.users < 2 || c.users%2 != 0 || c.rate < 0 {
 		return errors.New("-users must be even and at least 2, -rate not negative")

@@ -111,3 +111,22 @@ func TestIdleReportsMemoryPerSocket(t *testing.T) {
 		}
 	}
 }
+
+func TestHelpDescribesAndHidesTheSecret(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef-do-not-print"
+	t.Setenv("CHAT_SECRET", secret)
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"-h"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "help") {
+		t.Fatalf("run -h = %v, want flag.ErrHelp", err)
+	}
+	help := errb.String()
+	for _, want := range []string{"chatload puts a chat load", "Examples:", "-rate", "(default 3000)"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("help lacks %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help+out.String(), secret) {
+		t.Errorf("help prints CHAT_SECRET:\n%s", help)
+	}
+}
