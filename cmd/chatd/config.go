@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/chatd/chatd/hub"
 )
 
 // config is everything the serve command is told.
@@ -67,7 +69,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.replica, "replica", env("CHAT_REPLICA", sanitizeReplica(host)), "this replica's `name`, unique among replicas on one Redis (env CHAT_REPLICA)")
-	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin host `patterns` allowed besides the server's own host, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
+	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin `patterns` allowed besides the server's own host: host or host:port, with \"*.\" matching whole labels, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
 	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address (env CHAT_DEV_PUBLIC=1)")
 	fs.DurationVar(&c.drainDelay, "drain-delay", dur("CHAT_DRAIN_DELAY", 5*time.Second), "on SIGTERM, how long /readyz answers 503 before sockets are closed (env CHAT_DRAIN_DELAY)")
 	fs.DurationVar(&c.drainWindow, "drain-window", dur("CHAT_DRAIN_WINDOW", 10*time.Second), "on SIGTERM, the window over which sockets are closed with 1012 (env CHAT_DRAIN_WINDOW)")
@@ -95,6 +97,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		if o = strings.TrimSpace(o); o != "" {
 			c.origins = append(c.origins, o)
 		}
+	}
+	if _, err := hub.ParseOrigins(c.origins); err != nil {
+		return c, fmt.Errorf("-origins: %w", err)
 	}
 	if c.secret == "" && !c.devPublic && !loopback(c.addr) {
 		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +

@@ -254,6 +254,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{[]string{"-replica", "has space"}, nil, "replica"},
 		{[]string{"-log-format", "xml"}, nil, "log-format"},
+		{[]string{"-origins", "chat.example.com,*trusted.org"}, nil, `-origins: hub: bad origin pattern "*trusted.org"`},
+		{nil, map[string]string{"CHAT_ORIGINS": "https://chat.example.com"}, "not a URL"},
 		{[]string{"token", "-user", "23"}, nil, "no secret"},
 		{[]string{"token", "-user", "a:b", "-secret", "x"}, nil, "invalid user id"},
 	}
