@@ -70,7 +70,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	host, _ := os.Hostname()
 	fs.StringVar(&c.replica, "replica", env("CHAT_REPLICA", sanitizeReplica(host)), "this replica's `name`, unique among replicas on one Redis (env CHAT_REPLICA)")
 	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin `patterns` allowed besides the server's own host: host or host:port, with \"*.\" matching whole labels, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
-	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address (env CHAT_DEV_PUBLIC=1)")
+	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address, and for any Host besides localhost and the -origins hosts (env CHAT_DEV_PUBLIC=1)")
 	fs.DurationVar(&c.drainDelay, "drain-delay", dur("CHAT_DRAIN_DELAY", 5*time.Second), "on SIGTERM, how long /readyz answers 503 before sockets are closed (env CHAT_DRAIN_DELAY)")
 	fs.DurationVar(&c.drainWindow, "drain-window", dur("CHAT_DRAIN_WINDOW", 10*time.Second), "on SIGTERM, the window over which sockets are closed with 1012 (env CHAT_DRAIN_WINDOW)")
 	fs.Float64Var(&c.rate, "rate", 20, "frames per second each socket may send, sustained")

@@ -376,3 +376,75 @@ func TestReadyzFollowsRedis(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// hostStatus asks s for path with the given Host (and, for /ws, a WebSocket
+// upgrade from a page on that host) and returns the HTTP status.
+func hostStatus(t *testing.T, s *server, host, path string) int {
+	t.Helper()
+	port := s.addr[strings.LastIndexByte(s.addr, ':')+1:]
+	if strings.HasSuffix(host, ":PORT") {
+		host = strings.TrimSuffix(host, "PORT") + port
+	}
+	if path == "/ws" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ws, resp, err := websocket.Dial(ctx, "ws://"+s.addr+"/ws?user=23", &websocket.DialOptions{
+			Host: host, HTTPHeader: http.Header{"Origin": {"http://" + host}},
+		})
+		if err == nil {
+			ws.CloseNow()
+			return http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatalf("dial with Host %s: %v", host, err)
+		}
+		return resp.StatusCode
+	}
+	req, err := http.NewRequest("GET", "http://"+s.addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s with Host %s: %v", path, host, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// In dev mode a page on another site that has its name resolve to
+// 127.0.0.1 (DNS rebinding) sends its own name as Host and Origin: it is
+// refused on every route, while loopback names and -origins hosts are
+// served. -dev-public, or a secret, turns the check off.
+func TestDevModeServesOnlyLoopbackAndOriginHosts(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	dev := start(t, env, append(args, "-origins", "chat.example.com,*.trusted.org:8443")...)
+	for _, path := range []string{"/", "/healthz", "/readyz", "/metrics", "/ws"} {
+		for _, host := range []string{"evil.com:PORT", "evil.com", "localhost.evil.com:PORT", "127.0.0.1.nip.io:PORT", "trusted.org"} {
+			if got := hostStatus(t, dev, host, path); got != http.StatusMisdirectedRequest {
+				t.Errorf("dev mode, Host %q, %s: HTTP %d, want 421", host, path, got)
+			}
+		}
+		want := http.StatusOK
+		if path == "/ws" {
+			want = http.StatusSwitchingProtocols
+		}
+		for _, host := range []string{"localhost:PORT", "LOCALHOST:PORT", "localhost", "127.0.0.1:PORT", "[::1]:PORT", "chat.example.com", "a.trusted.org:PORT"} {
+			if got := hostStatus(t, dev, host, path); got != want {
+				t.Errorf("dev mode, Host %q, %s: HTTP %d, want %d", host, path, got, want)
+			}
+		}
+	}
+
+	public := start(t, env, append(args, "-dev-public")...)
+	if got := hostStatus(t, public, "evil.com:PORT", "/ws"); got != http.StatusSwitchingProtocols {
+		t.Errorf("-dev-public, Host evil.com: HTTP %d, want 101", got)
+	}
+	env = map[string]string{"CHAT_SECRET": strings.Repeat("k", 32)}
+	token := start(t, env, args...)
+	if got := hostStatus(t, token, "evil.com:PORT", "/healthz"); got != http.StatusOK {
+		t.Errorf("token mode, Host evil.com: HTTP %d, want 200", got)
+	}
+}

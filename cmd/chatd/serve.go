@@ -166,8 +166,13 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	var handler http.Handler = mux
+	if verifier.Dev() && !cfg.devPublic {
+		origins, _ := hub.ParseOrigins(cfg.origins) // parseConfig has checked them
+		handler = devHosts(mux, origins)
+	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
