@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,10 +56,16 @@ type Presence interface {
 	Online(ctx context.Context, users []string) (map[string]bool, error)
 }
 
-// Authenticator names the user of an upgrade request (auth.Verifier).
+// Authenticator names the user of an upgrade request (auth.Verifier). It
+// must be safe for concurrent use.
 type Authenticator interface {
-	// User returns the request's user, or an error that becomes HTTP 401.
-	User(r *http.Request) (string, error)
+	// User returns the request's user and when its credential stops being
+	// valid (zero: never); then the socket is closed with 1008 "token
+	// expired". An error's text is the body of the answer, so it must be
+	// meant for the client; the status is 401, or what the error's
+	// HTTPStatus() int method returns (found with errors.As). The error
+	// itself is logged at debug level.
+	User(r *http.Request) (user string, expires time.Time, err error)
 }
 
 // Config configures a Hub. Zero values mean the documented defaults.
@@ -170,8 +175,9 @@ func New(cfg Config) *Hub {
 }
 
 // ServeHTTP upgrades an authenticated request to a WebSocket and runs it
-// until it closes. Failed authentication is 401, a foreign browser origin
-// 403, a draining or full replica 503, all before the upgrade.
+// until it closes. Failed authentication is 401 (400 for a request naming
+// two users), a foreign browser origin 403, a draining or full replica
+// 503, all before the upgrade.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.draining.Load() {
 		http.Error(w, "replica is draining: reconnect", http.StatusServiceUnavailable)
@@ -180,15 +186,21 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.checkOrigin(w, r) {
 		return
 	}
-	user, err := h.cfg.Auth.User(r)
+	user, expires, err := h.cfg.Auth.User(r)
 	if err != nil {
-		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "auth: "), "store: ", "")
-		http.Error(w, msg, http.StatusUnauthorized)
+		status := http.StatusUnauthorized
+		var se interface{ HTTPStatus() int }
+		if errors.As(err, &se) {
+			status = se.HTTPStatus()
+		}
+		h.log.Debug("authentication refused", "status", status, "err", err)
+		http.Error(w, err.Error(), status)
 		return
 	}
 	c := &conn{
 		h:       h,
 		user:    user,
+		expires: expires,
 		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),

@@ -207,14 +207,15 @@ func TestEmbeddedRedisByDefault(t *testing.T) {
 func TestTokenMode(t *testing.T) {
 	t.Parallel()
 	env, args := redisEnv(t)
-	env["CHAT_SECRET"] = "sekret"
+	const secret = "a-secret-of-32-bytes-for-tests.."
+	env["CHAT_SECRET"] = secret
 	s := start(t, env, args...)
 	var out bytes.Buffer
 	if err := run(t.Context(), []string{"token", "-user", "23", "-ttl", "1h"}, func(k string) string { return env[k] }, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	tok := strings.TrimSpace(out.String())
-	if sub, err := auth.New("sekret", func(string) error { return nil }).Verify(tok); err != nil || sub != "23" {
+	if sub, _, err := auth.New(secret, func(string) error { return nil }).Verify(tok); err != nil || sub != "23" {
 		t.Fatalf("token %q: %v %v", tok, sub, err)
 	}
 	_, ready := dial(t, "ws://"+s.addr+"/ws?token="+tok)
