@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chatd/chatd/auth"
 	"github.com/chatd/chatd/hub"
 )
 
@@ -64,8 +65,11 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return def
 	}
 	fs.StringVar(&c.addr, "addr", env("CHAT_ADDR", "localhost:8080"), "listen address `host:port` (env CHAT_ADDR)")
-	fs.StringVar(&c.redisURL, "redis", env("REDIS_URL", ""), "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
-	fs.StringVar(&c.secret, "secret", env("CHAT_SECRET", ""), "HS256 `secret` that signs client tokens (env CHAT_SECRET); empty is dev mode: clients name themselves with ?user=")
+	// The secret and the Redis URL (which may hold a password) are read
+	// from the environment after parsing, so that -h never prints them as
+	// a default.
+	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
+	fs.StringVar(&c.secret, "secret", "", "HS256 `secret` that signs client tokens, at least 32 bytes (env CHAT_SECRET, which keeps it out of the process list); empty is dev mode: clients name themselves with ?user=")
 	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.replica, "replica", env("CHAT_REPLICA", sanitizeReplica(host)), "this replica's `name`, unique among replicas on one Redis (env CHAT_REPLICA)")
@@ -93,6 +97,17 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (see chatd -h)", fs.Arg(0))
 	}
+	if !flagSet(fs, "secret") {
+		c.secret = getenv("CHAT_SECRET")
+	}
+	if !flagSet(fs, "redis") {
+		c.redisURL = getenv("REDIS_URL")
+	}
+	if c.secret != "" {
+		if err := auth.CheckSecret(c.secret); err != nil {
+			return c, fmt.Errorf("-secret (or CHAT_SECRET): %w", err)
+		}
+	}
 	for _, o := range strings.Split(*origins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.origins = append(c.origins, o)
@@ -109,6 +124,13 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user and -queue must be positive")
 	}
 	return c, nil
+}
+
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // loopback reports whether addr only listens on a loopback interface.

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"os"
@@ -258,7 +260,11 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"-origins", "chat.example.com,*trusted.org"}, nil, `-origins: hub: bad origin pattern "*trusted.org"`},
 		{nil, map[string]string{"CHAT_ORIGINS": "https://chat.example.com"}, "not a URL"},
 		{[]string{"token", "-user", "23"}, nil, "no secret"},
-		{[]string{"token", "-user", "a:b", "-secret", "x"}, nil, "invalid user id"},
+		{[]string{"token", "-user", "a:b", "-secret", strings.Repeat("x", 32)}, nil, "invalid user id"},
+		{[]string{"-secret", "short"}, nil, "HS256 wants at least 32"},
+		{nil, map[string]string{"CHAT_SECRET": strings.Repeat("x", 31)}, "the secret is 31 bytes"},
+		{[]string{"token", "-user", "23", "-secret", "short"}, nil, "HS256 wants at least 32"},
+		{[]string{"token", "-user", "23"}, map[string]string{"CHAT_SECRET": "short"}, "HS256 wants at least 32"},
 	}
 	for _, tc := range cases {
 		err := run(t.Context(), tc.args, func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
@@ -448,4 +454,59 @@ func TestDevModeServesOnlyLoopbackAndOriginHosts(t *testing.T) {
 	if got := hostStatus(t, token, "evil.com:PORT", "/healthz"); got != http.StatusOK {
 		t.Errorf("token mode, Host evil.com: HTTP %d, want 200", got)
 	}
+}
+
+// No help text, log line or error holds the secret or the Redis password,
+// wherever they come from.
+func TestSecretsNeverPrinted(t *testing.T) {
+	t.Parallel()
+	const secret = "SECRET-never-printed-SECRET-32by"
+	const password = "PASSWORD-never-printed"
+	env := map[string]string{"CHAT_SECRET": secret, "REDIS_URL": "redis://:" + password + "@127.0.0.1:1/0"}
+	getenv := func(k string) string { return env[k] }
+	check := func(what, out string) {
+		t.Helper()
+		if strings.Contains(out, secret) || strings.Contains(out, password) {
+			t.Errorf("%s prints a secret:\n%s", what, out)
+		}
+	}
+	for _, args := range [][]string{{"-h"}, {"token", "-h"}} {
+		var stdout, stderr bytes.Buffer
+		if err := run(t.Context(), args, getenv, &stdout, &stderr); !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%v: %v, want flag.ErrHelp", args, err)
+		}
+		if !strings.Contains(stderr.String(), "-secret") {
+			t.Errorf("%v prints no help:\n%s", args, stderr.String())
+		}
+		check(strings.Join(args, " "), stdout.String()+stderr.String())
+	}
+	short := map[string]string{"CHAT_SECRET": secret[:20]}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // if it did serve
+	defer cancel()
+	err := run(ctx, []string{"-addr", "127.0.0.1:0"}, func(k string) string { return short[k] }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "at least 32") {
+		t.Fatalf("a 20-byte secret: %v, want a refusal that asks for 32 bytes", err)
+	}
+	if strings.Contains(err.Error(), secret[:20]) {
+		t.Errorf("the refusal of a short secret prints it: %v", err)
+	}
+	bad := map[string]string{"CHAT_SECRET": secret, "REDIS_URL": "redis://:" + password + "@127.0.0.1:notaport/0"}
+	var logs bytes.Buffer
+	err = run(t.Context(), []string{"-log-format", "json", "-addr", "127.0.0.1:0"}, func(k string) string { return bad[k] }, io.Discard, &logs)
+	if err == nil || !strings.Contains(err.Error(), "-redis") {
+		t.Fatalf("a bad REDIS_URL: %v", err)
+	}
+	check("a bad REDIS_URL's error", err.Error()+logs.String())
+
+	// A server with the secret: its log holds neither.
+	r := redistest.New(t)
+	env = map[string]string{"CHAT_SECRET": secret}
+	s := start(t, env, "-redis", r.URL, "-prefix", r.Prefix, "-log-level", "debug")
+	resp, err := http.Get("http://" + s.addr + "/ws?token=bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	s.shutdown(t)
+	check("the server's log", s.logs.String())
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	neturl "net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -345,7 +346,12 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("-redis: %w", err)
+		// A *url.Error quotes the whole URL, password included.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, "", nil, fmt.Errorf("-redis (or REDIS_URL): not a valid redis:// URL: %w", err)
 	}
 	opt.ClientName = client
 	name := opt.Addr + "/" + fmt.Sprint(opt.DB)
