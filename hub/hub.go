@@ -88,10 +88,17 @@ type Config struct {
 	// Rate and Burst limit each socket's frames. Default 20/s, burst 40.
 	Rate  rate.Limit
 	Burst int
-	// MaxConns bounds this replica's sockets (default 10000); MaxConnsPerUser
-	// bounds one user's sockets on it (default 16).
+	// MaxConns bounds this replica's sockets (default 10000): a full
+	// replica answers 503, so a balancer tries another. MaxConnsPerUser
+	// bounds one user's sockets on it (default 16): the user's next
+	// connect is answered 429 with Retry-After.
 	MaxConns        int
 	MaxConnsPerUser int
+	// ConnectRate and ConnectBurst limit how often one user may open a
+	// socket on this replica (default 10/s, burst 20); a connect over the
+	// limit is answered 429 with Retry-After.
+	ConnectRate  rate.Limit
+	ConnectBurst int
 	// MaxWatch bounds how many users one socket may watch. Defaults to 1000.
 	MaxWatch int
 	// WriteTimeout bounds each write. Defaults to 10 s.
@@ -121,6 +128,8 @@ type Hub struct {
 	watchers map[string]map[*conn]struct{}
 	count    int
 
+	connects *connectLimits
+
 	draining atomic.Bool
 	wg       sync.WaitGroup
 }
@@ -144,6 +153,12 @@ func New(cfg Config) *Hub {
 	}
 	if cfg.MaxConnsPerUser <= 0 {
 		cfg.MaxConnsPerUser = 16
+	}
+	if cfg.ConnectRate <= 0 {
+		cfg.ConnectRate = 10
+	}
+	if cfg.ConnectBurst <= 0 {
+		cfg.ConnectBurst = 20
 	}
 	if cfg.MaxWatch <= 0 {
 		cfg.MaxWatch = 1000
@@ -169,15 +184,17 @@ func New(cfg Config) *Hub {
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
 		origins:  origins,
+		connects: newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
 		users:    map[string]map[*conn]struct{}{},
 		watchers: map[string]map[*conn]struct{}{},
 	}
 }
 
 // ServeHTTP upgrades an authenticated request to a WebSocket and runs it
-// until it closes. Failed authentication is 401 (400 for a request naming
-// two users), a foreign browser origin 403, a draining or full replica
-// 503, all before the upgrade.
+// until it closes. Before the upgrade, failed authentication is 401 (400
+// for a request naming two users), a foreign browser origin 403, a user
+// over its connect rate or its socket cap 429 with Retry-After, and a
+// draining or full replica 503 (where trying another replica is right).
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.draining.Load() {
 		http.Error(w, "replica is draining: reconnect", http.StatusServiceUnavailable)
@@ -197,6 +214,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), status)
 		return
 	}
+	if wait := h.connects.allow(user, time.Now()); wait > 0 {
+		h.log.Debug("connect refused: rate", "user", user, "retry", wait)
+		refuse(w, http.StatusTooManyRequests, wait, "too many connects for this user: retry later")
+		return
+	}
 	c := &conn{
 		h:       h,
 		user:    user,
@@ -205,8 +227,13 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
 	}
-	if reason := h.register(c); reason != "" {
-		http.Error(w, reason, http.StatusServiceUnavailable)
+	if status, reason := h.register(c); status != 0 {
+		h.log.Debug("connect refused", "user", user, "status", status, "reason", reason)
+		var retry time.Duration
+		if status == http.StatusTooManyRequests {
+			retry = userCapRetry
+		}
+		refuse(w, status, retry, reason)
 		return
 	}
 	defer h.unregister(c)
@@ -228,18 +255,19 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // register adds c to the hub before it is upgraded, so that no frame
 // routed to this replica after its presence entry exists can miss it.
-func (h *Hub) register(c *conn) string {
+// Otherwise it returns the HTTP status and reason of the refusal.
+func (h *Hub) register(c *conn) (int, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.draining.Load() {
-		return "replica is draining: reconnect"
+		return http.StatusServiceUnavailable, "replica is draining: reconnect"
 	}
 	if h.count >= h.cfg.MaxConns {
-		return "too many connections on this replica"
+		return http.StatusServiceUnavailable, "too many connections on this replica"
 	}
 	set := h.users[c.user]
 	if len(set) >= h.cfg.MaxConnsPerUser {
-		return "too many connections for this user"
+		return http.StatusTooManyRequests, "too many connections for this user"
 	}
 	if set == nil {
 		set = map[*conn]struct{}{}
@@ -249,7 +277,7 @@ func (h *Hub) register(c *conn) string {
 	h.count++
 	h.wg.Add(1)
 	h.m.connOpened(len(set) == 1)
-	return ""
+	return 0, ""
 }
 
 func (h *Hub) unregister(c *conn) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/hub"
 )
 
 // testSecret is as long as auth.CheckSecret asks.
@@ -20,6 +22,13 @@ const testSecret = "hub-tests-hub-tests-hub-tests-32"
 // refusal dials r with query and header and returns the HTTP status and
 // body of the refusal; the dial must fail.
 func refusal(t *testing.T, r *replica, query string, header http.Header) (int, string) {
+	t.Helper()
+	resp, body := refusalResp(t, r, query, header)
+	return resp.StatusCode, body
+}
+
+// refusalResp is refusal with the whole response.
+func refusalResp(t *testing.T, r *replica, query string, header http.Header) (*http.Response, string) {
 	t.Helper()
 	// A plain GET with the upgrade headers shows the body, which a failed
 	// websocket.Dial does not.
@@ -43,7 +52,7 @@ func refusal(t *testing.T, r *replica, query string, header http.Header) (int, s
 		t.Fatalf("%s: upgraded, want a refusal", query)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(body))
+	return resp, strings.TrimSpace(string(body))
 }
 
 // A token in the query and another in the header that name different users
@@ -145,5 +154,43 @@ func TestSocketClosesWhenTokenExpires(t *testing.T) {
 	// The other user's socket, with a valid token, stays.
 	if f := other.call(map[string]any{"type": "ping", "id": "q"}); f["type"] != "pong" {
 		t.Fatalf("got %v", f)
+	}
+}
+
+// A refusal the client caused (its socket cap, its connect rate) is 429
+// with Retry-After, so that a balancer does not count it against the
+// replica; a full replica is 503, where trying another replica is right.
+func TestClientCausedRefusalsAre429(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	capped := cl.replica("capped", withHub(func(c *hub.Config) { c.MaxConnsPerUser = 2 }))
+	capped.dial(t, "23")
+	capped.dial(t, "23")
+	resp, body := refusalResp(t, capped, "user=23", nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "5" ||
+		body != "too many connections for this user" {
+		t.Errorf("over the cap: HTTP %d Retry-After %q %q, want 429, 5", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	capped.dial(t, "43") // others are not affected
+
+	limited := cl.replica("limited", withHub(func(c *hub.Config) { c.ConnectRate = 0.1; c.ConnectBurst = 2 }))
+	for range 2 {
+		c := limited.dial(t, "23")
+		c.ws.Close(websocket.StatusNormalClosure, "")
+	}
+	resp, body = refusalResp(t, limited, "user=23", nil)
+	if resp.StatusCode != http.StatusTooManyRequests || body != "too many connects for this user: retry later" {
+		t.Errorf("over the connect rate: HTTP %d %q, want 429", resp.StatusCode, body)
+	}
+	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 10 {
+		t.Errorf("over the connect rate: Retry-After %q, want 1 to 10 seconds", resp.Header.Get("Retry-After"))
+	}
+	limited.dial(t, "43")
+
+	full := cl.replica("full", withHub(func(c *hub.Config) { c.MaxConns = 2 }))
+	full.dial(t, "23")
+	full.dial(t, "43")
+	if status, body := refusal(t, full, "user=65", nil); status != http.StatusServiceUnavailable {
+		t.Errorf("a full replica: HTTP %d %q, want 503", status, body)
 	}
 }

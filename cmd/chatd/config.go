@@ -30,6 +30,8 @@ type config struct {
 	burst       int
 	maxConns    int
 	maxPerUser  int
+	connRate    float64
+	connBurst   int
 	queue       int
 	presenceTTL time.Duration
 	debugAddr   string
@@ -64,6 +66,14 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		}
 		return def
 	}
+	flt := func(name string, def float64) float64 {
+		if v := getenv(name); v != "" {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				return f
+			}
+		}
+		return def
+	}
 	fs.StringVar(&c.addr, "addr", env("CHAT_ADDR", "localhost:8080"), "listen address `host:port` (env CHAT_ADDR)")
 	// The secret and the Redis URL (which may hold a password) are read
 	// from the environment after parsing, so that -h never prints them as
@@ -80,7 +90,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Float64Var(&c.rate, "rate", 20, "frames per second each socket may send, sustained")
 	fs.IntVar(&c.burst, "burst", 40, "frames each socket may send in a burst")
 	fs.IntVar(&c.maxConns, "max-conns", num("CHAT_MAX_CONNS", 10000), "most sockets on this replica (env CHAT_MAX_CONNS)")
-	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica")
+	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica; the next connect is answered 429")
+	fs.Float64Var(&c.connRate, "connect-rate", flt("CHAT_CONNECT_RATE", 10), "sockets per second one user may open on this replica, sustained; more are answered 429 (env CHAT_CONNECT_RATE)")
+	fs.IntVar(&c.connBurst, "connect-burst", num("CHAT_CONNECT_BURST", 20), "sockets one user may open on this replica in a burst (env CHAT_CONNECT_BURST)")
 	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
 	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
@@ -120,8 +132,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +
 			"so it only listens on loopback; set -secret, or -dev-public to accept that risk")
 	}
-	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 {
-		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user and -queue must be positive")
+	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 || c.connRate <= 0 || c.connBurst < 1 {
+		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user, -connect-rate, -connect-burst and -queue must be positive")
 	}
 	return c, nil
 }

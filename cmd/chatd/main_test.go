@@ -254,6 +254,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"-addr", "0.0.0.0:0"}, nil, "not loopback"},
 		{[]string{"-addr", ":0"}, nil, "not loopback"},
 		{[]string{"-rate", "0"}, nil, "must be positive"},
+		{[]string{"-connect-rate", "0"}, nil, "must be positive"},
+		{nil, map[string]string{"CHAT_CONNECT_BURST": "-1"}, "must be positive"},
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{[]string{"-replica", "has space"}, nil, "replica"},
 		{[]string{"-log-format", "xml"}, nil, "log-format"},
@@ -509,4 +511,41 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	resp.Body.Close()
 	s.shutdown(t)
 	check("the server's log", s.logs.String())
+}
+
+// -max-conns-per-user and -connect-rate/-connect-burst (or their
+// environment variables) reach the hub, and their refusals are 429.
+func TestConnectLimitFlags(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	env["CHAT_CONNECT_BURST"] = "2"
+	s := start(t, env, append(args, "-connect-rate", "0.01", "-max-conns-per-user", "1")...)
+	status := func(user string) (int, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ws, resp, err := websocket.Dial(ctx, "ws://"+s.addr+"/ws?user="+user, nil)
+		if err == nil {
+			t.Cleanup(func() { ws.CloseNow() })
+			return http.StatusSwitchingProtocols, ""
+		}
+		if resp == nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	if got, _ := status("23"); got != http.StatusSwitchingProtocols {
+		t.Fatalf("first socket: HTTP %d", got)
+	}
+	if got, retry := status("23"); got != http.StatusTooManyRequests || retry == "" {
+		t.Errorf("second socket over -max-conns-per-user 1: HTTP %d, Retry-After %q; want 429 with Retry-After", got, retry)
+	}
+	// The second connect took the second token of the burst: at 0.01/s the
+	// next one comes in 100 s.
+	if got, retry := status("23"); got != http.StatusTooManyRequests || retry != "100" {
+		t.Errorf("third connect over CHAT_CONNECT_BURST=2: HTTP %d, Retry-After %q; want 429 with Retry-After 100", got, retry)
+	}
+	if got, _ := status("43"); got != http.StatusSwitchingProtocols {
+		t.Errorf("another user: HTTP %d", got)
+	}
 }

@@ -110,7 +110,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	h := hub.New(hub.Config{
 		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
 		QueueSize: cfg.queue, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
-		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
+		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser,
+		ConnectRate: rate.Limit(cfg.connRate), ConnectBurst: cfg.connBurst, Metrics: metrics, Logger: log,
 	})
 	sub := st.Subscribe(cfg.replica, resyncSignal{h, metrics, kickResync})
 
