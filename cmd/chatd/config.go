@@ -35,6 +35,7 @@ type config struct {
 	queue       int
 	presenceTTL time.Duration
 	debugAddr   string
+	metricsAddr string
 	logFormat   string
 	logLevel    string
 	showVersion bool
@@ -95,6 +96,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&c.connBurst, "connect-burst", num("CHAT_CONNECT_BURST", 20), "sockets one user may open on this replica in a burst (env CHAT_CONNECT_BURST)")
 	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", env("CHAT_METRICS_ADDR", ""), "serve /metrics on this `host:port` only, not on -addr (keep it private; empty: /metrics on -addr) (env CHAT_METRICS_ADDR)")
 	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
 	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", env("CHAT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env CHAT_LOG_LEVEL)")

@@ -549,3 +549,55 @@ func TestConnectLimitFlags(t *testing.T) {
 		t.Errorf("another user: HTTP %d", got)
 	}
 }
+
+// startField returns a field of the server's "chatd starting" log line.
+func startField(t *testing.T, s *server, field string) string {
+	t.Helper()
+	for _, line := range strings.Split(s.logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "chatd starting" {
+			v, _ := rec[field].(string)
+			return v
+		}
+	}
+	t.Fatalf("no start line:\n%s", s.logs)
+	return ""
+}
+
+// With -metrics-addr (or CHAT_METRICS_ADDR), /metrics is served there and
+// not on the public listener, which a balancer exposes.
+func TestMetricsOnTheirOwnListener(t *testing.T) {
+	t.Parallel()
+	get := func(url string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, viaEnv := range []bool{false, true} {
+		env, args := redisEnv(t)
+		if viaEnv {
+			env["CHAT_METRICS_ADDR"] = "127.0.0.1:0"
+		} else {
+			args = append(args, "-metrics-addr", "127.0.0.1:0")
+		}
+		s := start(t, env, args...)
+		maddr := startField(t, s, "metrics")
+		if maddr == "" || maddr == s.addr || strings.HasPrefix(maddr, "/") {
+			t.Fatalf("start line names metrics at %q", maddr)
+		}
+		if status, body := get("http://" + maddr + "/metrics"); status != 200 || !strings.Contains(body, "chatd_build_info") {
+			t.Errorf("GET /metrics on %s: %d", maddr, status)
+		}
+		if status, body := get("http://" + s.addr + "/metrics"); status == 200 || strings.Contains(body, "chatd_build_info") {
+			t.Errorf("GET /metrics on the public address: %d, want it not served", status)
+		}
+		if status, _ := get("http://" + s.addr + "/healthz"); status != 200 {
+			t.Errorf("GET /healthz: %d", status)
+		}
+	}
+}

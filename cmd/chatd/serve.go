@@ -119,12 +119,22 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	metricsAt := "/metrics on addr"
+	var metricsLn net.Listener
+	if cfg.metricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.metricsAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen -metrics-addr: %w", err)
+		}
+		defer metricsLn.Close()
+		metricsAt = metricsLn.Addr().String()
+	}
 	mode := "token (HS256)"
 	if verifier.Dev() {
 		mode = "dev (?user=, no authentication)"
 	}
 	log.Info("chatd starting", "version", version, "addr", ln.Addr().String(), "redis", redisName,
-		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix)
+		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix, "metrics", metricsAt)
 	if verifier.Dev() && !loopback(cfg.addr) {
 		log.Warn("DEV MODE ON A PUBLIC ADDRESS: anyone who can reach " + ln.Addr().String() + " can read and send as any user")
 	}
@@ -167,14 +177,34 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	var handler http.Handler = mux
+	guard := func(h http.Handler) http.Handler { return h }
 	if verifier.Dev() && !cfg.devPublic {
 		origins, _ := hub.ParseOrigins(cfg.origins) // parseConfig has checked them
-		handler = devHosts(mux, origins)
+		guard = func(h http.Handler) http.Handler { return devHosts(h, origins) }
+	}
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	if metricsLn == nil {
+		mux.Handle("GET /metrics", metricsHandler)
+	} else {
+		// Only on its own listener, which the balancer does not publish.
+		mmux := http.NewServeMux()
+		mmux.Handle("GET /metrics", metricsHandler)
+		msrv := &http.Server{
+			Handler:           guard(mmux),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := msrv.Serve(metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server", "err", err)
+			}
+		}()
+		defer msrv.Close()
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           guard(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -75,6 +76,15 @@ func TestOneUserOverItsCap(t *testing.T) {
 	}
 	_, lbPort := startNginx(ctx, t, root, filepath.Join(tmp, "nginx"), logDir, ports)
 	lb := fmt.Sprintf("ws://127.0.0.1:%d", lbPort)
+	// The replicas serve /metrics on -addr here: the balancer refuses it.
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", lbPort)); err != nil {
+		t.Errorf("GET /metrics through the balancer: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("GET /metrics through the balancer: %s, want 403", resp.Status)
+		}
+	}
 
 	// dial opens a socket through the balancer and returns the HTTP status
 	// (101 when upgraded, 0 when no response came), Retry-After, and the

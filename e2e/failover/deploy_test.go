@@ -50,6 +50,7 @@ func TestDeployFiles(t *testing.T) {
 		"REDIS_URL: redis://redis:6379/0",
 		"CHAT_REPLICA: chatd-a\n", "CHAT_REPLICA: chatd-b\n", "CHAT_REPLICA: chatd-c\n",
 		"./nginx.conf:/etc/nginx/nginx.conf:ro",
+		`CHAT_METRICS_ADDR: ":9090"`,
 		`"8080:8080"`,
 	} {
 		if !strings.Contains(compose, want) {
@@ -68,6 +69,7 @@ func TestDeployFiles(t *testing.T) {
 		"proxy_next_upstream error timeout",
 		"max_fails=",
 		"fail_timeout=",
+		"location = /metrics {\n            deny all;\n        }",
 	} {
 		if !strings.Contains(nginx, want) {
 			t.Errorf("deploy/nginx.conf lacks %q", want)
