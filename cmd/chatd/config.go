@@ -36,6 +36,7 @@ type config struct {
 	presenceTTL time.Duration
 	debugAddr   string
 	metricsAddr string
+	idleTimeout time.Duration
 	logFormat   string
 	logLevel    string
 	showVersion bool
@@ -96,6 +97,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.IntVar(&c.connBurst, "connect-burst", num("CHAT_CONNECT_BURST", 20), "sockets one user may open on this replica in a burst (env CHAT_CONNECT_BURST)")
 	fs.IntVar(&c.queue, "queue", 128, "outbound frames queued per socket before it is closed as a slow consumer")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", dur("CHAT_IDLE_TIMEOUT", time.Minute), "close a keep-alive HTTP connection idle this long; WebSockets are not affected (env CHAT_IDLE_TIMEOUT)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", env("CHAT_METRICS_ADDR", ""), "serve /metrics on this `host:port` only, not on -addr (keep it private; empty: /metrics on -addr) (env CHAT_METRICS_ADDR)")
 	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
 	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
@@ -133,6 +135,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	if c.secret == "" && !c.devPublic && !loopback(c.addr) {
 		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +
 			"so it only listens on loopback; set -secret, or -dev-public to accept that risk")
+	}
+	if c.idleTimeout <= 0 {
+		return c, errors.New("-idle-timeout must be positive")
 	}
 	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 || c.connRate <= 0 || c.connBurst < 1 {
 		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user, -connect-rate, -connect-burst and -queue must be positive")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -599,5 +600,57 @@ func TestMetricsOnTheirOwnListener(t *testing.T) {
 		if status, _ := get("http://" + s.addr + "/healthz"); status != 200 {
 			t.Errorf("GET /healthz: %d", status)
 		}
+	}
+}
+
+// An idle keep-alive connection is closed after -idle-timeout: thousands of
+// them are no longer held for as long as the clients like.
+func TestIdleKeepAliveIsClosed(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	s := start(t, env, append(args, "-idle-timeout", "200ms")...)
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: "+s.addr+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("GET /healthz: %s, close %v; want 200 and a kept-alive connection", resp.Status, resp.Close)
+	}
+	// Generous: the server closes after 200 ms; a connection kept 15 s is
+	// not being closed at all.
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle keep-alive connection: read %d bytes, %v; want the server to close it (EOF)", n, err)
+	}
+}
+
+// A request whose headers pass maxHeaderBytes is refused (431), not read.
+func TestLargeHeadersRefused(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	s := start(t, env, args...)
+	req, err := http.NewRequest("GET", "http://"+s.addr+"/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Big", strings.Repeat("x", 100<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("100 KiB of headers: %s, want 431", resp.Status)
 	}
 }

@@ -189,11 +189,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		// Only on its own listener, which the balancer does not publish.
 		mmux := http.NewServeMux()
 		mmux.Handle("GET /metrics", metricsHandler)
-		msrv := &http.Server{
-			Handler:           guard(mmux),
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
+		msrv := httpServer(guard(mmux), cfg.idleTimeout, log)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -203,15 +199,12 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		}()
 		defer msrv.Close()
 	}
-	srv := &http.Server{
-		Handler:           guard(mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpServer(guard(mux), cfg.idleTimeout, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if cfg.debugAddr != "" {
-		dbg := &http.Server{Addr: cfg.debugAddr, Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+		dbg := httpServer(debugMux(), cfg.idleTimeout, log)
+		dbg.Addr = cfg.debugAddr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -244,6 +237,25 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return serveErr
+}
+
+// maxHeaderBytes bounds a request's line and headers. A token is a few
+// hundred bytes; nginx's own default allows 32 KiB.
+const maxHeaderBytes = 32 << 10
+
+// httpServer returns a server for handler with chatd's limits: a client
+// has 10 s to send a request's headers, which may be at most
+// maxHeaderBytes, and a keep-alive connection idle for idle is closed.
+// None of them touches a WebSocket, which leaves the server when it is
+// upgraded (and -max-conns counts it from then on).
+func httpServer(handler http.Handler, idle time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // debugMux serves the Go runtime's profiles.
