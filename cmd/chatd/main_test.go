@@ -501,15 +501,36 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 	check("a bad REDIS_URL's error", err.Error()+logs.String())
 
-	// A server with the secret: its log holds neither.
+	// A server with the secret on its command line: neither its log nor
+	// its debug listener shows it.
 	r := redistest.New(t)
-	env = map[string]string{"CHAT_SECRET": secret}
-	s := start(t, env, "-redis", r.URL, "-prefix", r.Prefix, "-log-level", "debug")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	debugAddr := l.Addr().String()
+	l.Close()
+	s := start(t, nil, "-redis", r.URL, "-prefix", r.Prefix, "-log-level", "debug", "-secret", secret, "-debug-addr", debugAddr)
 	resp, err := http.Get("http://" + s.addr + "/ws?token=bad")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	for path, deadline := "/debug/pprof/cmdline", time.Now().Add(10*time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get("http://" + debugAddr + path)
+		if err != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("debug listener: %v", err)
+			}
+			continue // it starts with the server
+		}
+		resp.Body.Close()
+		// It would show the process's command line, -secret and all.
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %s, want 404", path, resp.Status)
+		}
+		break
+	}
 	s.shutdown(t)
 	check("the server's log", s.logs.String())
 }

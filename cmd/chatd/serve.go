@@ -258,11 +258,12 @@ func httpServer(handler http.Handler, idle time.Duration, log *slog.Logger) *htt
 	}
 }
 
-// debugMux serves the Go runtime's profiles.
+// debugMux serves the Go runtime's profiles. Not /debug/pprof/cmdline: the
+// command line may hold -secret.
 func debugMux() *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/cmdline", http.NotFound)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
