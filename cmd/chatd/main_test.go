@@ -675,3 +675,47 @@ func TestLargeHeadersRefused(t *testing.T) {
 		t.Fatalf("100 KiB of headers: %s, want 431", resp.Status)
 	}
 }
+
+// Every flag can be set from the environment too (as deploy/compose.yaml
+// does), and -h names the variable.
+func TestEveryFlagHasAnEnvVar(t *testing.T) {
+	t.Parallel()
+	var help bytes.Buffer
+	run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, &help)
+	_, flags, _ := strings.Cut(help.String(), "Flags:\n")
+	entries := strings.Split(flags, "\n  -")
+	if len(entries) < 20 {
+		t.Fatalf("-h lists %d flags:\n%s", len(entries), help.String())
+	}
+	for _, e := range entries {
+		name, _, _ := strings.Cut(strings.TrimPrefix(e, "  -"), " ")
+		name, _, _ = strings.Cut(name, "\n")
+		if name == "version" {
+			continue
+		}
+		if !strings.Contains(e, "(env CHAT_") && !strings.Contains(e, "(env REDIS_URL") {
+			t.Errorf("-%s names no environment variable: %q", name, e)
+		}
+	}
+	env := map[string]string{
+		"CHAT_RATE": "5", "CHAT_BURST": "6", "CHAT_MAX_CONNS_PER_USER": "7", "CHAT_QUEUE": "8",
+		"CHAT_PRESENCE_TTL": "9s", "CHAT_CONNECT_RATE": "2.5", "CHAT_CONNECT_BURST": "3",
+		"CHAT_IDLE_TIMEOUT": "11s", "CHAT_METRICS_ADDR": "127.0.0.1:9", "CHAT_SECRET": strings.Repeat("s", 32),
+		"REDIS_URL": "redis://127.0.0.1:1/0",
+	}
+	c, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.rate != 5 || c.burst != 6 || c.maxPerUser != 7 || c.queue != 8 || c.presenceTTL != 9*time.Second ||
+		c.connRate != 2.5 || c.connBurst != 3 || c.idleTimeout != 11*time.Second || c.metricsAddr != "127.0.0.1:9" ||
+		c.secret != env["CHAT_SECRET"] || c.redisURL != env["REDIS_URL"] {
+		t.Errorf("config from the environment: %+v", c)
+	}
+	// A flag wins over its variable.
+	c, err = parseConfig([]string{"-secret", strings.Repeat("f", 32), "-redis", "", "-max-conns-per-user", "3"},
+		func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err != nil || c.secret != strings.Repeat("f", 32) || c.redisURL != "" || c.maxPerUser != 3 {
+		t.Errorf("flags over the environment: %+v, %v", c, err)
+	}
+}
