@@ -6,6 +6,7 @@ package auth
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -13,8 +14,67 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// ErrUnauthenticated is returned (wrapped) when a request names no valid user.
+// ErrUnauthenticated is wrapped by every error of User and Verify.
 var ErrUnauthenticated = errors.New("auth: unauthenticated")
+
+// MinSecretLen is the shortest secret accepted, in bytes: HS256 wants a key
+// of at least 256 bits.
+const MinSecretLen = 32
+
+// Leeway is how long after its exp a token is still accepted, for clock skew.
+const Leeway = 5 * time.Second
+
+// CheckSecret reports whether secret is long enough to sign tokens. Its
+// error never contains the secret.
+func CheckSecret(secret string) error {
+	if len(secret) < MinSecretLen {
+		return fmt.Errorf("auth: the secret is %d bytes, and HS256 wants at least %d (256 bits): "+
+			"make one with `openssl rand -hex 32`", len(secret), MinSecretLen)
+	}
+	return nil
+}
+
+// Error is why a request names no user. Its text is meant for the client:
+// it says what the client can act on (a missing, expired or invalid
+// credential) and never holds a library's internals; Cause holds those,
+// for the server's log. errors.Is(err, ErrUnauthenticated) holds for
+// every *Error.
+type Error struct {
+	// Status is the HTTP status to answer: 401, or 400 for a request that
+	// names two different users.
+	Status int
+	// Text is the message for the client.
+	Text string
+	// Cause is the underlying error, for the log only; it may be nil.
+	Cause error
+}
+
+// Error returns the text for the client.
+func (e *Error) Error() string { return e.Text }
+
+// HTTPStatus returns the status to answer with.
+func (e *Error) HTTPStatus() int { return e.Status }
+
+// Unwrap returns ErrUnauthenticated and the cause, if any.
+func (e *Error) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{ErrUnauthenticated}
+	}
+	return []error{ErrUnauthenticated, e.Cause}
+}
+
+// LogValue shows the cause too, for the server's log.
+func (e *Error) LogValue() slog.Value {
+	attrs := []slog.Attr{slog.Int("status", e.Status), slog.String("text", e.Text)}
+	if e.Cause != nil {
+		attrs = append(attrs, slog.String("cause", e.Cause.Error()))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+func unauthorized(text string, cause error) *Error {
+	return &Error{Status: http.StatusUnauthorized, Text: text, Cause: cause}
+}
 
 // Verifier authenticates requests. The zero value is dev mode. It is safe
 // for concurrent use.
@@ -25,7 +85,9 @@ type Verifier struct {
 }
 
 // New returns a Verifier. With an empty secret it is in dev mode: the user
-// is taken from ?user=. validate checks user ids (the subject or ?user=).
+// is taken from ?user=. validate checks user ids (the subject or ?user=);
+// the text of its errors is shown to clients. New does not check the
+// secret's length: callers do, with CheckSecret.
 func New(secret string, validate func(string) error) *Verifier {
 	return &Verifier{
 		secret:   []byte(secret),
@@ -33,7 +95,7 @@ func New(secret string, validate func(string) error) *Verifier {
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{"HS256"}),
 			jwt.WithExpirationRequired(),
-			jwt.WithLeeway(5*time.Second),
+			jwt.WithLeeway(Leeway),
 		),
 	}
 }
@@ -41,52 +103,96 @@ func New(secret string, validate func(string) error) *Verifier {
 // Dev reports whether the Verifier is in dev mode.
 func (v *Verifier) Dev() bool { return len(v.secret) == 0 }
 
-// User returns the authenticated user of r, from ?token= or an
-// "Authorization: Bearer" header, or in dev mode from ?user=.
-func (v *Verifier) User(r *http.Request) (string, error) {
+// User returns the authenticated user of r and when its credential stops
+// being accepted (the token's exp plus Leeway; zero in dev mode). The
+// token comes from ?token= or an "Authorization: Bearer" header; when both
+// are present, both must be valid and name the same user (otherwise the
+// error's status is 400), and the earlier expiry counts. In dev mode the
+// user comes from ?user=. Errors are *Error.
+func (v *Verifier) User(r *http.Request) (string, time.Time, error) {
 	if v.Dev() {
 		user := r.URL.Query().Get("user")
 		if user == "" {
-			return "", fmt.Errorf("%w: dev mode needs ?user=<id>", ErrUnauthenticated)
+			return "", time.Time{}, unauthorized("dev mode needs ?user=<id>", nil)
 		}
 		if err := v.validate(user); err != nil {
-			return "", fmt.Errorf("%w: ?user=: %w", ErrUnauthenticated, err)
+			return "", time.Time{}, unauthorized("?user=: "+untagged(err), err)
 		}
-		return user, nil
+		return user, time.Time{}, nil
 	}
-	token := r.URL.Query().Get("token")
-	if token == "" {
-		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-			token = strings.TrimSpace(h[7:])
-		}
+	query := r.URL.Query().Get("token")
+	header := ""
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		header = strings.TrimSpace(h[7:])
 	}
-	if token == "" {
-		return "", fmt.Errorf("%w: missing token", ErrUnauthenticated)
+	switch {
+	case query == "" && header == "":
+		return "", time.Time{}, unauthorized("missing token: pass ?token= or an Authorization: Bearer header", nil)
+	case query == "":
+		return v.Verify(header)
+	case header == "" || header == query:
+		return v.Verify(query)
 	}
-	return v.Verify(token)
+	qUser, qExp, err := v.Verify(query)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	hUser, hExp, err := v.Verify(header)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if qUser != hUser {
+		return "", time.Time{}, &Error{Status: http.StatusBadRequest,
+			Text: "?token= and the Authorization header name different users: send one token"}
+	}
+	if hExp.Before(qExp) {
+		qExp = hExp
+	}
+	return qUser, qExp, nil
 }
 
 // Verify checks an HS256 token with a subject and an expiry and returns its
-// subject.
-func (v *Verifier) Verify(token string) (string, error) {
+// subject and when it stops being accepted (its exp plus Leeway). Errors
+// are *Error.
+func (v *Verifier) Verify(token string) (string, time.Time, error) {
 	var claims jwt.RegisteredClaims
 	_, err := v.parser.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return v.secret, nil })
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "", time.Time{}, unauthorized("token expired: get a new one", err)
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "", time.Time{}, unauthorized("invalid token: it has no exp", err)
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "", time.Time{}, unauthorized("invalid token: not valid yet", err)
+	case err != nil:
+		return "", time.Time{}, unauthorized("invalid token", err)
 	}
 	if claims.Subject == "" {
-		return "", fmt.Errorf("%w: token has no sub", ErrUnauthenticated)
+		return "", time.Time{}, unauthorized("invalid token: it has no sub", nil)
 	}
 	if err := v.validate(claims.Subject); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+		return "", time.Time{}, unauthorized("invalid token: sub: "+untagged(err), err)
 	}
-	return claims.Subject, nil
+	return claims.Subject, claims.ExpiresAt.Add(Leeway), nil
 }
 
-// Mint returns an HS256 token for user that expires after ttl.
+// untagged drops a leading package tag ("store: ") from an error's text.
+func untagged(err error) string {
+	s := err.Error()
+	if tag, rest, ok := strings.Cut(s, ": "); ok && tag != "" && strings.Trim(tag, "abcdefghijklmnopqrstuvwxyz") == "" {
+		return rest
+	}
+	return s
+}
+
+// Mint returns an HS256 token for user that expires after ttl. The secret
+// must pass CheckSecret.
 func Mint(secret, user string, ttl time.Duration) (string, error) {
 	if secret == "" {
 		return "", errors.New("auth: no secret")
+	}
+	if err := CheckSecret(secret); err != nil {
+		return "", err
 	}
 	now := time.Now()
 	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{

@@ -37,6 +37,7 @@ type conn struct {
 	user    string
 	id      string // presence member; set under h.mu
 	limiter *rate.Limiter
+	expires time.Time // when the credential stops being valid; zero: never
 
 	// The outbound queue: a slice that is empty (and costs nothing) while
 	// the socket is idle, bounded by QueueSize frames and QueueBytes bytes,
@@ -222,6 +223,12 @@ func (c *conn) run(parent context.Context) {
 	defer cancel()
 	defer c.ws.CloseNow()
 	c.touch()
+	if !c.expires.IsZero() {
+		expiry := time.AfterFunc(time.Until(c.expires), func() {
+			c.shutdown(websocket.StatusPolicyViolation, "token expired")
+		})
+		defer expiry.Stop()
+	}
 
 	opCtx, opCancel := context.WithTimeout(ctx, h.cfg.OpTimeout)
 	id, err := h.cfg.Presence.Add(opCtx, c.user)

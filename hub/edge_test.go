@@ -224,7 +224,7 @@ func TestRateLimit(t *testing.T) {
 
 func TestAuth(t *testing.T) {
 	t.Parallel()
-	const secret = "s3cret-for-tests"
+	const secret = "s3cret-for-tests-s3cret-for-tests"
 	r := newCluster(t).replica("a", withSecret(secret))
 	sign := func(method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
 		s, err := jwt.NewWithClaims(method, claims).SignedString(key)

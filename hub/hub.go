@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,10 +56,16 @@ type Presence interface {
 	Online(ctx context.Context, users []string) (map[string]bool, error)
 }
 
-// Authenticator names the user of an upgrade request (auth.Verifier).
+// Authenticator names the user of an upgrade request (auth.Verifier). It
+// must be safe for concurrent use.
 type Authenticator interface {
-	// User returns the request's user, or an error that becomes HTTP 401.
-	User(r *http.Request) (string, error)
+	// User returns the request's user and when its credential stops being
+	// valid (zero: never); then the socket is closed with 1008 "token
+	// expired". An error's text is the body of the answer, so it must be
+	// meant for the client; the status is 401, or what the error's
+	// HTTPStatus() int method returns (found with errors.As). The error
+	// itself is logged at debug level.
+	User(r *http.Request) (user string, expires time.Time, err error)
 }
 
 // Config configures a Hub. Zero values mean the documented defaults.
@@ -70,8 +75,10 @@ type Config struct {
 	Auth     Authenticator // required
 	// Replica is this process's name, sent in "ready".
 	Replica string
-	// Origins are the host patterns (path.Match syntax) of browser origins
-	// allowed besides the server's own host. Empty: only the same host.
+	// Origins are the patterns of browser origins allowed besides the
+	// server's own host (see Origins for the syntax; check them with
+	// ParseOrigins first). Empty: only the same host. If one is invalid,
+	// New logs it and allows only the same host.
 	Origins []string
 	// QueueSize and QueueBytes bound each socket's outbound queue, in
 	// frames and in bytes; a socket over either bound is closed with 1008
@@ -87,10 +94,17 @@ type Config struct {
 	// Rate and Burst limit each socket's frames. Default 20/s, burst 40.
 	Rate  rate.Limit
 	Burst int
-	// MaxConns bounds this replica's sockets (default 10000); MaxConnsPerUser
-	// bounds one user's sockets on it (default 16).
+	// MaxConns bounds this replica's sockets (default 10000): a full
+	// replica answers 503, so a balancer tries another. MaxConnsPerUser
+	// bounds one user's sockets on it (default 16): the user's next
+	// connect is answered 429 with Retry-After.
 	MaxConns        int
 	MaxConnsPerUser int
+	// ConnectRate and ConnectBurst limit how often one user may open a
+	// socket on this replica (default 10/s, burst 20); a connect over the
+	// limit is answered 429 with Retry-After.
+	ConnectRate  rate.Limit
+	ConnectBurst int
 	// MaxWatch bounds how many users one socket may watch. Defaults to 1000.
 	MaxWatch int
 	// WriteTimeout bounds each write. Defaults to 10 s.
@@ -110,14 +124,17 @@ type Config struct {
 
 // Hub is the set of this replica's live sockets. It is safe for concurrent use.
 type Hub struct {
-	cfg Config
-	log *slog.Logger
-	m   *Metrics
+	cfg     Config
+	log     *slog.Logger
+	m       *Metrics
+	origins Origins
 
 	mu       sync.RWMutex
 	users    map[string]map[*conn]struct{}
 	watchers map[string]map[*conn]struct{}
 	count    int
+
+	connects *connectLimits
 
 	draining atomic.Bool
 	wg       sync.WaitGroup
@@ -146,6 +163,12 @@ func New(cfg Config) *Hub {
 	if cfg.MaxConnsPerUser <= 0 {
 		cfg.MaxConnsPerUser = 16
 	}
+	if cfg.ConnectRate <= 0 {
+		cfg.ConnectRate = 10
+	}
+	if cfg.ConnectBurst <= 0 {
+		cfg.ConnectBurst = 20
+	}
 	if cfg.MaxWatch <= 0 {
 		cfg.MaxWatch = 1000
 	}
@@ -161,47 +184,74 @@ func New(cfg Config) *Hub {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	origins, err := ParseOrigins(cfg.Origins)
+	if err != nil {
+		cfg.Logger.Error("origin patterns refused: only the server's own host is allowed", "err", err)
+	}
 	return &Hub{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
+		origins:  origins,
+		connects: newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
 		users:    map[string]map[*conn]struct{}{},
 		watchers: map[string]map[*conn]struct{}{},
 	}
 }
 
 // ServeHTTP upgrades an authenticated request to a WebSocket and runs it
-// until it closes. Failed authentication is 401, a foreign browser origin
-// 403, a draining or full replica 503, all before the upgrade.
+// until it closes. Before the upgrade, failed authentication is 401 (400
+// for a request naming two users), a foreign browser origin 403, a user
+// over its connect rate or its socket cap 429 with Retry-After, and a
+// draining or full replica 503 (where trying another replica is right).
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.draining.Load() {
 		http.Error(w, "replica is draining: reconnect", http.StatusServiceUnavailable)
 		return
 	}
-	user, err := h.cfg.Auth.User(r)
+	if !h.checkOrigin(w, r) {
+		return
+	}
+	user, expires, err := h.cfg.Auth.User(r)
 	if err != nil {
-		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "auth: "), "store: ", "")
-		http.Error(w, msg, http.StatusUnauthorized)
+		status := http.StatusUnauthorized
+		var se interface{ HTTPStatus() int }
+		if errors.As(err, &se) {
+			status = se.HTTPStatus()
+		}
+		h.log.Debug("authentication refused", "status", status, "err", err)
+		http.Error(w, err.Error(), status)
+		return
+	}
+	if wait := h.connects.allow(user, time.Now()); wait > 0 {
+		h.log.Debug("connect refused: rate", "user", user, "retry", wait)
+		refuse(w, http.StatusTooManyRequests, wait, "too many connects for this user: retry later")
 		return
 	}
 	c := &conn{
 		h:       h,
 		user:    user,
+		expires: expires,
 		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
 	}
-	if reason := h.register(c); reason != "" {
-		http.Error(w, reason, http.StatusServiceUnavailable)
+	if status, reason := h.register(c); status != 0 {
+		h.log.Debug("connect refused", "user", user, "status", status, "reason", reason)
+		var retry time.Duration
+		if status == http.StatusTooManyRequests {
+			retry = userCapRetry
+		}
+		refuse(w, status, retry, reason)
 		return
 	}
 	defer h.unregister(c)
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns: h.cfg.Origins,
-		OnPongReceived: func(context.Context, []byte) { c.touch() },
+		InsecureSkipVerify: true, // checkOrigin has checked the origin
+		OnPongReceived:     func(context.Context, []byte) { c.touch() },
 	})
 	if err != nil {
-		// Accept has answered (403 for a foreign origin, 400/426 for a bad upgrade).
+		// Accept has answered (400/426 for a bad upgrade).
 		h.log.Debug("websocket accept failed", "user", user, "err", err)
 		return
 	}
@@ -214,18 +264,19 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // register adds c to the hub before it is upgraded, so that no frame
 // routed to this replica after its presence entry exists can miss it.
-func (h *Hub) register(c *conn) string {
+// Otherwise it returns the HTTP status and reason of the refusal.
+func (h *Hub) register(c *conn) (int, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.draining.Load() {
-		return "replica is draining: reconnect"
+		return http.StatusServiceUnavailable, "replica is draining: reconnect"
 	}
 	if h.count >= h.cfg.MaxConns {
-		return "too many connections on this replica"
+		return http.StatusServiceUnavailable, "too many connections on this replica"
 	}
 	set := h.users[c.user]
 	if len(set) >= h.cfg.MaxConnsPerUser {
-		return "too many connections for this user"
+		return http.StatusTooManyRequests, "too many connections for this user"
 	}
 	if set == nil {
 		set = map[*conn]struct{}{}
@@ -235,7 +286,7 @@ func (h *Hub) register(c *conn) string {
 	h.count++
 	h.wg.Add(1)
 	h.m.connOpened(len(set) == 1)
-	return ""
+	return 0, ""
 }
 
 func (h *Hub) unregister(c *conn) {

@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/hub"
 )
 
 // config is everything the serve command is told.
@@ -27,10 +30,14 @@ type config struct {
 	burst       int
 	maxConns    int
 	maxPerUser  int
+	connRate    float64
+	connBurst   int
 	queue       int
 	queueBytes  int
 	presenceTTL time.Duration
 	debugAddr   string
+	metricsAddr string
+	idleTimeout time.Duration
 	logFormat   string
 	logLevel    string
 	showVersion bool
@@ -62,23 +69,38 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		}
 		return def
 	}
+	flt := func(name string, def float64) float64 {
+		if v := getenv(name); v != "" {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				return f
+			}
+		}
+		return def
+	}
 	fs.StringVar(&c.addr, "addr", env("CHAT_ADDR", "localhost:8080"), "listen address `host:port` (env CHAT_ADDR)")
-	fs.StringVar(&c.redisURL, "redis", env("REDIS_URL", ""), "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
-	fs.StringVar(&c.secret, "secret", env("CHAT_SECRET", ""), "HS256 `secret` that signs client tokens (env CHAT_SECRET); empty is dev mode: clients name themselves with ?user=")
+	// The secret and the Redis URL (which may hold a password) are read
+	// from the environment after parsing, so that -h never prints them as
+	// a default.
+	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
+	fs.StringVar(&c.secret, "secret", "", "HS256 `secret` that signs client tokens, at least 32 bytes (env CHAT_SECRET, which keeps it out of the process list); empty is dev mode: clients name themselves with ?user=")
 	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.replica, "replica", env("CHAT_REPLICA", sanitizeReplica(host)), "this replica's `name`, unique among replicas on one Redis (env CHAT_REPLICA)")
-	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin host `patterns` allowed besides the server's own host, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
-	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address (env CHAT_DEV_PUBLIC=1)")
+	origins := fs.String("origins", env("CHAT_ORIGINS", ""), "comma-separated browser origin `patterns` allowed besides the server's own host: host or host:port, with \"*.\" matching whole labels, e.g. chat.example.com,*.example.com (env CHAT_ORIGINS)")
+	fs.BoolVar(&c.devPublic, "dev-public", getenv("CHAT_DEV_PUBLIC") == "1", "allow dev mode (no secret: anyone can claim any user id) on a non-loopback address, and for any Host besides localhost and the -origins hosts (env CHAT_DEV_PUBLIC=1)")
 	fs.DurationVar(&c.drainDelay, "drain-delay", dur("CHAT_DRAIN_DELAY", 5*time.Second), "on SIGTERM, how long /readyz answers 503 before sockets are closed (env CHAT_DRAIN_DELAY)")
 	fs.DurationVar(&c.drainWindow, "drain-window", dur("CHAT_DRAIN_WINDOW", 10*time.Second), "on SIGTERM, the window over which sockets are closed with 1012 (env CHAT_DRAIN_WINDOW)")
-	fs.Float64Var(&c.rate, "rate", 20, "frames per second each socket may send, sustained")
-	fs.IntVar(&c.burst, "burst", 40, "frames each socket may send in a burst")
+	fs.Float64Var(&c.rate, "rate", flt("CHAT_RATE", 20), "frames per second each socket may send, sustained (env CHAT_RATE)")
+	fs.IntVar(&c.burst, "burst", num("CHAT_BURST", 40), "frames each socket may send in a burst (env CHAT_BURST)")
 	fs.IntVar(&c.maxConns, "max-conns", num("CHAT_MAX_CONNS", 10000), "most sockets on this replica (env CHAT_MAX_CONNS)")
-	fs.IntVar(&c.maxPerUser, "max-conns-per-user", 16, "most sockets of one user on this replica")
+	fs.IntVar(&c.maxPerUser, "max-conns-per-user", num("CHAT_MAX_CONNS_PER_USER", 16), "most sockets of one user on this replica; the next connect is answered 429 (env CHAT_MAX_CONNS_PER_USER)")
+	fs.Float64Var(&c.connRate, "connect-rate", flt("CHAT_CONNECT_RATE", 10), "sockets per second one user may open on this replica, sustained; more are answered 429 (env CHAT_CONNECT_RATE)")
+	fs.IntVar(&c.connBurst, "connect-burst", num("CHAT_CONNECT_BURST", 20), "sockets one user may open on this replica in a burst (env CHAT_CONNECT_BURST)")
 	fs.IntVar(&c.queue, "queue", num("CHAT_QUEUE", 1024), "outbound frames queued per socket before it is closed as a slow consumer (env CHAT_QUEUE)")
 	fs.IntVar(&c.queueBytes, "queue-bytes", num("CHAT_QUEUE_BYTES", 1<<20), "outbound `bytes` queued per socket before it is closed as a slow consumer; history and inbox replies are cut to a quarter of it (env CHAT_QUEUE_BYTES)")
-	fs.DurationVar(&c.presenceTTL, "presence-ttl", 25*time.Second, "how long a replica's sockets stay online after it stops heartbeating")
+	fs.DurationVar(&c.presenceTTL, "presence-ttl", dur("CHAT_PRESENCE_TTL", 25*time.Second), "how long a replica's sockets stay online after it stops heartbeating (env CHAT_PRESENCE_TTL)")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", dur("CHAT_IDLE_TIMEOUT", time.Minute), "close a keep-alive HTTP connection idle this long; WebSockets are not affected (env CHAT_IDLE_TIMEOUT)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", env("CHAT_METRICS_ADDR", ""), "serve /metrics on this `host:port` only, not on -addr (keep it private; empty: /metrics on -addr) (env CHAT_METRICS_ADDR)")
 	fs.StringVar(&c.debugAddr, "debug-addr", env("CHAT_DEBUG_ADDR", ""), "serve Go's /debug/pprof on this `host:port` (keep it private; empty: off) (env CHAT_DEBUG_ADDR)")
 	fs.StringVar(&c.logFormat, "log-format", env("CHAT_LOG_FORMAT", "auto"), "log format: text, json, or auto (text on a terminal) (env CHAT_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", env("CHAT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env CHAT_LOG_LEVEL)")
@@ -93,22 +115,46 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (see chatd -h)", fs.Arg(0))
 	}
+	if !flagSet(fs, "secret") {
+		c.secret = getenv("CHAT_SECRET")
+	}
+	if !flagSet(fs, "redis") {
+		c.redisURL = getenv("REDIS_URL")
+	}
+	if c.secret != "" {
+		if err := auth.CheckSecret(c.secret); err != nil {
+			return c, fmt.Errorf("-secret (or CHAT_SECRET): %w", err)
+		}
+	}
 	for _, o := range strings.Split(*origins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.origins = append(c.origins, o)
 		}
 	}
+	if _, err := hub.ParseOrigins(c.origins); err != nil {
+		return c, fmt.Errorf("-origins: %w", err)
+	}
 	if c.secret == "" && !c.devPublic && !loopback(c.addr) {
 		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +
 			"so it only listens on loopback; set -secret, or -dev-public to accept that risk")
 	}
-	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 {
-		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user and -queue must be positive")
+	if c.idleTimeout <= 0 {
+		return c, errors.New("-idle-timeout must be positive")
+	}
+	if c.rate <= 0 || c.burst < 1 || c.maxConns < 1 || c.maxPerUser < 1 || c.queue < 1 || c.connRate <= 0 || c.connBurst < 1 {
+		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user, -connect-rate, -connect-burst and -queue must be positive")
 	}
 	if c.queueBytes < 64<<10 {
 		return c, errors.New("-queue-bytes must be at least 65536: a reply of one 4096-byte text, escaped, must fit in a quarter of it")
 	}
 	return c, nil
+}
+
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // loopback reports whether addr only listens on a loopback interface.

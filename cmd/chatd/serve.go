@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	neturl "net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -109,7 +110,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	h := hub.New(hub.Config{
 		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
 		QueueSize: cfg.queue, QueueBytes: cfg.queueBytes, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
-		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser, Metrics: metrics, Logger: log,
+		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser,
+		ConnectRate: rate.Limit(cfg.connRate), ConnectBurst: cfg.connBurst, Metrics: metrics, Logger: log,
 	})
 	sub := st.Subscribe(cfg.replica, resyncSignal{h, metrics, kickResync})
 
@@ -117,12 +119,22 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	metricsAt := "/metrics on addr"
+	var metricsLn net.Listener
+	if cfg.metricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.metricsAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen -metrics-addr: %w", err)
+		}
+		defer metricsLn.Close()
+		metricsAt = metricsLn.Addr().String()
+	}
 	mode := "token (HS256)"
 	if verifier.Dev() {
 		mode = "dev (?user=, no authentication)"
 	}
 	log.Info("chatd starting", "version", version, "addr", ln.Addr().String(), "redis", redisName,
-		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix)
+		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix, "metrics", metricsAt)
 	if verifier.Dev() && !loopback(cfg.addr) {
 		log.Warn("DEV MODE ON A PUBLIC ADDRESS: anyone who can reach " + ln.Addr().String() + " can read and send as any user")
 	}
@@ -165,16 +177,34 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	guard := func(h http.Handler) http.Handler { return h }
+	if verifier.Dev() && !cfg.devPublic {
+		origins, _ := hub.ParseOrigins(cfg.origins) // parseConfig has checked them
+		guard = func(h http.Handler) http.Handler { return devHosts(h, origins) }
 	}
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	if metricsLn == nil {
+		mux.Handle("GET /metrics", metricsHandler)
+	} else {
+		// Only on its own listener, which the balancer does not publish.
+		mmux := http.NewServeMux()
+		mmux.Handle("GET /metrics", metricsHandler)
+		msrv := httpServer(guard(mmux), cfg.idleTimeout, log)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := msrv.Serve(metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server", "err", err)
+			}
+		}()
+		defer msrv.Close()
+	}
+	srv := httpServer(guard(mux), cfg.idleTimeout, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if cfg.debugAddr != "" {
-		dbg := &http.Server{Addr: cfg.debugAddr, Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+		dbg := httpServer(debugMux(), cfg.idleTimeout, log)
+		dbg.Addr = cfg.debugAddr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -209,11 +239,31 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	return serveErr
 }
 
-// debugMux serves the Go runtime's profiles.
+// maxHeaderBytes bounds a request's line and headers. A token is a few
+// hundred bytes; nginx's own default allows 32 KiB.
+const maxHeaderBytes = 32 << 10
+
+// httpServer returns a server for handler with chatd's limits: a client
+// has 10 s to send a request's headers, which may be at most
+// maxHeaderBytes, and a keep-alive connection idle for idle is closed.
+// None of them touches a WebSocket, which leaves the server when it is
+// upgraded (and -max-conns counts it from then on).
+func httpServer(handler http.Handler, idle time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// debugMux serves the Go runtime's profiles. Not /debug/pprof/cmdline: the
+// command line may hold -secret.
 func debugMux() *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/cmdline", http.NotFound)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
@@ -340,7 +390,12 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("-redis: %w", err)
+		// A *url.Error quotes the whole URL, password included.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, "", nil, fmt.Errorf("-redis (or REDIS_URL): not a valid redis:// URL: %w", err)
 	}
 	opt.ClientName = client
 	name := opt.Addr + "/" + fmt.Sprint(opt.DB)

@@ -19,15 +19,22 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs.SetOutput(stderr)
 	user := fs.String("user", "", "user `id` the token is for (required)")
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
-	secret := fs.String("secret", getenv("CHAT_SECRET"), "HS256 `secret` (env CHAT_SECRET)")
+	// Read from the environment after parsing: -h must not print it.
+	secret := fs.String("secret", "", "HS256 `secret`, the server's (env CHAT_SECRET, which keeps it out of the process list)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if !flagSet(fs, "secret") {
+		*secret = getenv("CHAT_SECRET")
 	}
 	if err := store.ValidateUser(*user); err != nil {
 		return fmt.Errorf("-user: %w", err)
 	}
 	if *secret == "" {
 		return errors.New("no secret: pass -secret or set CHAT_SECRET (the server's)")
+	}
+	if err := auth.CheckSecret(*secret); err != nil {
+		return fmt.Errorf("-secret (or CHAT_SECRET): %w", err)
 	}
 	if *ttl <= 0 {
 		return errors.New("-ttl must be positive")

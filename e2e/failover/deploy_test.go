@@ -3,6 +3,7 @@ package failover
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -49,6 +50,7 @@ func TestDeployFiles(t *testing.T) {
 		"REDIS_URL: redis://redis:6379/0",
 		"CHAT_REPLICA: chatd-a\n", "CHAT_REPLICA: chatd-b\n", "CHAT_REPLICA: chatd-c\n",
 		"./nginx.conf:/etc/nginx/nginx.conf:ro",
+		`CHAT_METRICS_ADDR: ":9090"`,
 		`"8080:8080"`,
 	} {
 		if !strings.Contains(compose, want) {
@@ -67,9 +69,20 @@ func TestDeployFiles(t *testing.T) {
 		"proxy_next_upstream error timeout",
 		"max_fails=",
 		"fail_timeout=",
+		"location = /metrics {\n            deny all;\n        }",
 	} {
 		if !strings.Contains(nginx, want) {
 			t.Errorf("deploy/nginx.conf lacks %q", want)
+		}
+	}
+	// nginx counts as a failure every status proxy_next_upstream lists: a
+	// status the client caused (4xx, 429 above all) would let one client
+	// take the replicas out of the balancer.
+	for _, m := range regexp.MustCompile(`(?m)^\s*proxy_next_upstream\s+([^;]*);`).FindAllStringSubmatch(nginx, -1) {
+		for _, cond := range strings.Fields(m[1]) {
+			if strings.HasPrefix(cond, "http_4") {
+				t.Errorf("deploy/nginx.conf: proxy_next_upstream lists %s, a status the client causes", cond)
+			}
 		}
 	}
 	dir := t.TempDir()

@@ -1,7 +1,8 @@
 // Package failover is chatd's end-to-end test of a multi-replica deployment:
 // three chatd processes share one Redis behind nginx, built and configured as
 // deploy/ and the Dockerfile describe, while 200 clients chat through the
-// balancer and replicas are drained (SIGTERM) and killed (SIGKILL).
+// balancer and replicas are drained (SIGTERM) and killed (SIGKILL); and one
+// user far over its socket cap must not make the balancer fail anyone else.
 //
 // It needs redis-server and nginx on the machine and runs only when asked:
 //

@@ -102,8 +102,16 @@ func TestFailover(t *testing.T) {
 	lbHTTP := fmt.Sprintf("http://127.0.0.1:%d", lbPort)
 	lbWS := fmt.Sprintf("ws://127.0.0.1:%d", lbPort)
 	logf("nginx on %s", lbHTTP)
-	if n, err := metricsLines(ctx, lbHTTP+"/metrics"); err != nil || n == 0 {
-		t.Errorf("GET /metrics through the balancer: %d samples, %v", n, err)
+	if n, err := metricsLines(ctx, replicas["chatd-a"].url("/metrics")); err != nil || n == 0 {
+		t.Errorf("GET /metrics from chatd-a: %d samples, %v", n, err)
+	}
+	if resp, err := http.Get(lbHTTP + "/metrics"); err != nil {
+		t.Errorf("GET /metrics through the balancer: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("GET /metrics through the balancer: %s, want 403: metrics are not public", resp.Status)
+		}
 	}
 
 	// Tokens: the observer's as deploy/README.md mints one (CHAT_SECRET in the
