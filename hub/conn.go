@@ -472,18 +472,27 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		return
 	}
 	c.reply(historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages,
-		Unread: page.Unread, More: page.More})
+		Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More})
 }
 
 func (c *conn) read(ctx context.Context, id string, f *inFrame) {
 	if !c.checkUser(id, "with", f.With) {
 		return
 	}
-	if _, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, c.id); err != nil {
+	var seq int64 // 0: up to the newest
+	if f.Seq != nil {
+		if *f.Seq < 1 {
+			c.fail(id, CodeBadRequest, `"seq" must be a seq of at least 1`)
+			return
+		}
+		seq = *f.Seq
+	}
+	st, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, seq, c.id)
+	if err != nil {
 		c.storeFailed(id, "read", err)
 		return
 	}
-	c.reply(readFrame{Type: "read", ID: id, With: f.With})
+	c.reply(readFrame{Type: "read", ID: id, With: f.With, Read: st.Read, Unread: st.Unread})
 }
 
 func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
