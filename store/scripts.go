@@ -60,8 +60,9 @@ local function sender(el)
 end
 -- positions returns the read positions of users a and b in the conversation
 -- conv (list key list, length n, read hash rk; seedA and seedB the users'
--- seed hashes).
-local function positions(rk, list, n, a, b, seedA, seedB, conv)
+-- seed hashes). skip is how many elements were pushed after those n (the
+-- message a send is storing), 0 when nil.
+local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
   local st = redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b)
   local len = tonumber(st[1])
   if not len then
@@ -70,7 +71,8 @@ local function positions(rk, list, n, a, b, seedA, seedB, conv)
   local ra = math.min(tonumber(st[2]) or 0, n)
   local rb = math.min(tonumber(st[3]) or 0, n)
   if n > len then
-    local items = redis.call('LRANGE', list, 0, math.min(n - len, maxTail) - 1)
+    skip = skip or 0
+    local items = redis.call('LRANGE', list, skip, skip + math.min(n - len, maxTail) - 1)
     local fa, fb = false, false
     for i, el in ipairs(items) do
       local f = sender(el)
@@ -115,9 +117,9 @@ if prev then
   end
 end
 local from, to = ARGV[9], ARGV[10]
-local n = redis.call('LLEN', KEYS[1])
-local rf, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2])
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
+local n = seq - 1
+local rf, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
 if to == from then rt = seq end
 redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
 if to ~= from then
