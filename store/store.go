@@ -353,8 +353,10 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 
 // Unread returns user's unread counts by peer, only those above 0: per
 // conversation, the peer's messages after user's read position. It is one
-// script, whose cost grows with the conversations that have unread
-// messages, not with all of user's conversations.
+// script, whose cost grows with the conversations that have unread messages
+// and with the seed's hash of user (one field per conversation ever counted
+// there), not with all of user's conversations. Malformed counts in the
+// seed's hash count 0.
 func (s *Store) Unread(ctx context.Context, user string) (map[string]int64, error) {
 	if err := ValidateUser(user); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
