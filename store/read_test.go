@@ -374,8 +374,9 @@ func TestSeedWritesLookedAtAreBounded(t *testing.T) {
 }
 
 // TestSeedOnlyConversation: a conversation only the seed wrote shows the
-// seed's counts: unread is the recipient's count, a read position is the
-// length minus the user's count; the first chatd write starts from there.
+// seed's counts: a read position is the length minus the user's count, or
+// the user's newest message after that; the first chatd write starts from
+// there.
 func TestSeedOnlyConversation(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
@@ -413,6 +414,18 @@ func TestSeedOnlyConversation(t *testing.T) {
 	}
 	if want := map[string]string{"len": "6", "r:23": "3", "r:77": "6"}; !maps.Equal(h, want) {
 		t.Fatalf("read hash = %v, want %v", h, want)
+	}
+
+	// An answer through the seed reads what came before it, though the
+	// seed's count of its sender stays.
+	for i := range 3 {
+		f.seedSend(t, "88", "23", fmt.Sprint("seed ", i+1))
+	}
+	f.seedSend(t, "23", "88", "answer")
+	f.wantState(t, "23", "88", state{unread: 0, read: 4, peerRead: 3})
+	f.wantState(t, "88", "23", state{unread: 1, read: 3, peerRead: 4})
+	if got := f.unreadField(t, "23", "88-23"); got != "3" {
+		t.Fatalf("the seed's count = %q, want 3", got)
 	}
 }
 

@@ -28,21 +28,23 @@ end
 
 // luaPositions is shared by the scripts that read or move read positions.
 //
-// A conversation's read hash (keys.read) holds "r:<user>", the seq up to
-// which user has read, for both users, and "len", the list length the last
-// script that wrote the hash accounted for. chatd's own writes keep one rule:
-// a message's sender has read everything up to it (a send moves the sender's
-// position to the new seq), so everything after a user's position is the
-// peer's and unread is the list length minus the position. Elements past
-// "len" were pushed by someone else (the seed's msgsend); the same rule is
-// applied to them when they are met: the newest element from a user among
-// them (at most maxTail are looked at) moves that user's position to it.
+// One rule makes the positions: a message's sender has read everything up
+// to it. A conversation's read hash (keys.read) holds "r:<user>", the seq up
+// to which user has read, for both users, and "len", the list length the
+// last script that wrote the hash accounted for. chatd's own sends move the
+// sender's position to the new seq, so after a user's position there are
+// only the peer's messages, and unread is the list length minus the
+// position. Elements past "len" were pushed by someone else (the seed's
+// msgsend): the newest of them from a user moves that user's position to it.
 //
 // A conversation without a read hash (written by the seed only, or before
-// chatd kept positions) has its positions read off the seed's unread
-// counts: length - count, so that unread is the seed's count (never more
-// than the length). The first script that writes the hash starts from
-// those positions, so nothing a user sees jumps.
+// chatd kept positions) starts from the seed's unread counts, length -
+// count (so that unread is the seed's count, never more than the length),
+// and the same rule applies to the elements after that.
+//
+// Of the elements the rule has to look at, at most maxTail (the newest) are.
+// The first script that writes the hash starts from the positions found, so
+// nothing a user sees jumps.
 const luaPositions = `
 local maxTail = 1000
 -- count parses one of the seed's unread counts; junk counts 0.
@@ -65,27 +67,25 @@ end
 local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
   local st = redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b)
   local len = tonumber(st[1])
-  if not len then
-    return n - math.min(seedCount(seedA, conv), n), n - math.min(seedCount(seedB, conv), n)
+  local ra, rb, k
+  if len then
+    ra = math.min(tonumber(st[2]) or 0, n)
+    rb = math.min(tonumber(st[3]) or 0, n)
+    k = n - len
+  else
+    ra = n - math.min(seedCount(seedA, conv), n)
+    rb = n - math.min(seedCount(seedB, conv), n)
+    k = n - math.min(ra, rb)
   end
-  local ra = math.min(tonumber(st[2]) or 0, n)
-  local rb = math.min(tonumber(st[3]) or 0, n)
-  if n > len then
+  if k > 0 then
     skip = skip or 0
-    local items = redis.call('LRANGE', list, skip, skip + math.min(n - len, maxTail) - 1)
-    local fa, fb = false, false
+    local items = redis.call('LRANGE', list, skip, skip + math.min(k, maxTail) - 1)
     for i, el in ipairs(items) do
-      local f = sender(el)
       local seq = n - i + 1
-      if f == a and not fa then
-        fa = true
-        if seq > ra then ra = seq end
-      end
-      if f == b and not fb then
-        fb = true
-        if seq > rb then rb = seq end
-      end
-      if fa and fb then break end
+      if seq <= ra and seq <= rb then break end
+      local f = sender(el)
+      if f == a and seq > ra then ra = seq end
+      if f == b and seq > rb then rb = seq end
     end
   end
   return ra, rb
