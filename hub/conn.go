@@ -578,7 +578,7 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 	}
 	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
 		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
-			Unread: page.Unread, More: page.More || cut}
+			Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More || cut}
 	})})
 }
 
@@ -586,11 +586,20 @@ func (c *conn) read(ctx context.Context, id string, f *inFrame) {
 	if !c.checkUser(id, "with", f.With) {
 		return
 	}
-	if _, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, c.id); err != nil {
+	var seq int64 // 0: up to the newest
+	if f.Seq != nil {
+		if *f.Seq < 1 {
+			c.fail(id, CodeBadRequest, `"seq" must be a seq of at least 1`)
+			return
+		}
+		seq = *f.Seq
+	}
+	st, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, seq, c.id)
+	if err != nil {
 		c.storeFailed(id, "read", err)
 		return
 	}
-	c.reply(readFrame{Type: "read", ID: id, With: f.With})
+	c.reply(readFrame{Type: "read", ID: id, With: f.With, Read: st.Read, Unread: st.Unread})
 }
 
 func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {

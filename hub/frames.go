@@ -26,6 +26,7 @@ type inFrame struct {
 	Text   *string  `json:"text"`
 	With   string   `json:"with"`
 	Before *int64   `json:"before"`
+	Seq    *int64   `json:"seq"`
 	Limit  *int     `json:"limit"`
 	Users  []string `json:"users"`
 	Watch  *bool    `json:"watch"`
@@ -50,13 +51,20 @@ type historyFrame struct {
 	With     string          `json:"with"`
 	Messages []store.Message `json:"messages"`
 	Unread   int64           `json:"unread"`
+	Read     int64           `json:"read"`
+	PeerRead int64           `json:"peer_read"`
 	More     bool            `json:"more"`
 }
 
+// readFrame answers "read": the reader's read position and what is left
+// unread. The reader's other sockets get the same values in the "unread"
+// frame that the store publishes.
 type readFrame struct {
-	Type string `json:"type"`
-	ID   string `json:"id,omitempty"`
-	With string `json:"with"`
+	Type   string `json:"type"`
+	ID     string `json:"id,omitempty"`
+	With   string `json:"with"`
+	Read   int64  `json:"read"`
+	Unread int64  `json:"unread"`
 }
 
 type inboxFrame struct {

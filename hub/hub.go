@@ -33,10 +33,13 @@ type Store interface {
 	// Send stores a message and routes it live; dup is true for a repeated
 	// (sender, client id), with the first message.
 	Send(ctx context.Context, req store.SendRequest) (msg store.Message, dup bool, err error)
-	// History reads a page and resets the reader's unread count.
+	// History reads a page with both users' read positions; it marks
+	// nothing read.
 	History(ctx context.Context, user, peer string, before int64, limit int) (store.Page, error)
-	// MarkRead resets the unread count and sends a receipt to both sides.
-	MarkRead(ctx context.Context, user, peer, origin string) (int64, error)
+	// MarkRead moves the user's read position forward to seq (0: the
+	// newest), sends a receipt to both sides and the new unread count to
+	// the user's other sockets.
+	MarkRead(ctx context.Context, user, peer string, seq int64, origin string) (store.ReadState, error)
 	// Unread returns the user's unread counts by peer (only those above 0).
 	Unread(ctx context.Context, user string) (map[string]int64, error)
 	// Inbox returns the user's most recent conversations and whether there are more.

@@ -72,10 +72,12 @@ func TestOfflineUnreadHistoryAndReceipt(t *testing.T) {
 	}
 	h = c.call(map[string]any{"type": "history", "with": "23", "before": 2, "id": "h2"})
 	msgs, _ = h["messages"].([]any)
-	if h["unread"] != 0.0 || h["more"] != false || len(msgs) != 1 || msgs[0].(map[string]any)["text"] != "one" {
+	// Reading history marks nothing read.
+	if h["unread"] != 3.0 || h["more"] != false || len(msgs) != 1 || msgs[0].(map[string]any)["text"] != "one" {
 		t.Fatalf("second page = %v", h)
 	}
-	if rd := c.call(map[string]any{"type": "read", "with": "23", "id": "r"}); rd["type"] != "read" || rd["with"] != "23" {
+	if rd := c.call(map[string]any{"type": "read", "with": "23", "id": "r"}); rd["type"] != "read" || rd["with"] != "23" ||
+		rd["read"] != 3.0 || rd["unread"] != 0.0 {
 		t.Fatalf("read reply = %v", rd)
 	}
 	rc := a.expect("receipt")

@@ -89,3 +89,53 @@ func BenchmarkHistoryPage(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReady measures the unread map that "ready" carries (Unread) for
+// a user with 1,000 conversations, each with 3 messages from its peer: with
+// every conversation unread, and with 10 left unread after reading the rest.
+func BenchmarkReady(b *testing.B) {
+	const convs, each = 1000, 3
+	for _, unread := range []int{convs, 10} {
+		b.Run(fmt.Sprintf("conversations=%d/unread=%d", convs, unread), func(b *testing.B) {
+			f := newFixture(b, Config{Now: time.Now})
+			ctx := context.Background()
+			const user = "1"
+			var wg sync.WaitGroup
+			errs := make(chan error, convs)
+			for w := range 16 {
+				wg.Go(func() {
+					for i := w; i < convs; i += 16 {
+						peer := strconv.Itoa(100000 + i)
+						for range each {
+							if _, _, err := f.s.Send(ctx, SendRequest{From: peer, To: user, Text: benchText}); err != nil {
+								errs <- err
+								return
+							}
+						}
+						if i >= unread {
+							if _, err := f.s.MarkRead(ctx, user, peer, 0, ""); err != nil {
+								errs <- err
+								return
+							}
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+			got, err := f.s.Unread(ctx, user)
+			if err != nil || len(got) != unread {
+				b.Fatalf("Unread = %d conversations, %v; want %d", len(got), err, unread)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := f.s.Unread(ctx, user); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

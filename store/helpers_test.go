@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -420,4 +421,39 @@ func mustErr(t testing.TB, err, target error, what string) {
 	if !errors.Is(err, target) {
 		t.Fatalf("%s: err = %v, want %v", what, err, target)
 	}
+}
+
+// dump returns every key under the test's prefix with its type and value,
+// to show that an operation wrote nothing.
+func (f *fixture) dump(t testing.TB) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, k := range f.keysUnder(t) {
+		key := f.r.Prefix + k
+		typ, err := f.r.Client.Type(f.ctx, key).Result()
+		if err != nil {
+			t.Fatalf("TYPE %s: %v", key, err)
+		}
+		var v any
+		switch typ {
+		case "string":
+			v, err = f.r.Client.Get(f.ctx, key).Result()
+		case "list":
+			v, err = f.r.Client.LRange(f.ctx, key, 0, -1).Result()
+		case "hash":
+			v, err = f.r.Client.HGetAll(f.ctx, key).Result()
+		case "set":
+			var m []string
+			m, err = f.r.Client.SMembers(f.ctx, key).Result()
+			slices.Sort(m)
+			v = m
+		case "zset":
+			v, err = f.r.Client.ZRangeWithScores(f.ctx, key, 0, -1).Result()
+		}
+		if err != nil {
+			t.Fatalf("reading %s %s: %v", typ, key, err)
+		}
+		out[k] = fmt.Sprintf("%s %v", typ, v)
+	}
+	return out
 }

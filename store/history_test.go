@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -109,45 +110,34 @@ func TestHistoryEmptyAndInvalid(t *testing.T) {
 	}
 }
 
-func TestHistoryResetsUnread(t *testing.T) {
+// TestHistoryMarksNothingRead: History reports both read positions and the
+// reader's unread count and changes neither them nor the seed's counts.
+func TestHistoryMarksNothingRead(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
 	f.fill(t, 3)
+	before := f.dump(t)
 
-	// The sender has no count: 0, and nothing is written for it.
+	// The sender has read its own messages; the recipient has not.
 	page, err := f.s.History(f.ctx, "23", "43", 0, 0)
-	if err != nil || page.Unread != 0 {
-		t.Fatalf("sender's History = unread %d, %v; want 0", page.Unread, err)
+	if err != nil || page.Unread != 0 || page.Read != 3 || page.PeerRead != 0 {
+		t.Fatalf("sender's History = unread %d read %d peer read %d, %v; want 0, 3, 0",
+			page.Unread, page.Read, page.PeerRead, err)
 	}
-	if v, ok := f.hget(t, f.k.unread("23"), "43-23"); ok {
-		t.Fatalf("History created the sender's count: %q", v)
+	// The recipient's count, on any page, again and again.
+	for range 2 {
+		page, err = f.s.History(f.ctx, "43", "23", 2, 1)
+		if err != nil || page.Unread != 3 || page.Read != 0 || page.PeerRead != 3 {
+			t.Fatalf("recipient's History = unread %d read %d peer read %d, %v; want 3, 0, 3",
+				page.Unread, page.Read, page.PeerRead, err)
+		}
+		wantSeqs(t, page.Messages, 1)
 	}
-
-	// The recipient's count is returned and reset, on any page.
-	page, err = f.s.History(f.ctx, "43", "23", 2, 1)
-	if err != nil || page.Unread != 3 {
-		t.Fatalf("recipient's History = unread %d, %v; want 3", page.Unread, err)
+	if after := f.dump(t); !maps.Equal(after, before) {
+		t.Fatalf("History wrote to Redis:\nbefore %v\nafter  %v", before, after)
 	}
-	wantSeqs(t, page.Messages, 1)
-	if got := f.unreadField(t, "43", "43-23"); got != "0" {
-		t.Fatalf("HGET 43 43-23 after History = %q, want 0", got)
-	}
-	page, err = f.s.History(f.ctx, "43", "23", 0, 0)
-	if err != nil || page.Unread != 0 {
-		t.Fatalf("second History = unread %d, %v; want 0", page.Unread, err)
-	}
-
-	// Only this conversation's count is reset.
-	f.send(t, "65", "43", "other")
-	f.send(t, "23", "43", "again")
-	if _, err := f.s.History(f.ctx, "43", "23", 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	if got := f.unreadField(t, "43", "65-43"); got != "1" {
-		t.Fatalf("HGET 43 65-43 = %q, want 1", got)
-	}
-	if got := f.unreadField(t, "43", "43-23"); got != "0" {
-		t.Fatalf("HGET 43 43-23 = %q, want 0", got)
+	if got := f.unreadField(t, "43", "43-23"); got != "3" {
+		t.Fatalf("HGET 43 43-23 after History = %q, want the seed's 3", got)
 	}
 }
 
@@ -233,11 +223,17 @@ func TestHistorySeedElements(t *testing.T) {
 		`{"fromid": 23, "toid": 43, "msg": "q\"b\\n\n", "time": 1732567893.25}`,
 	)
 	f.hset(t, "43", "43-23", "3")
+	// The seed counts 3 for 43, but 43 wrote seq 2: it has read seq 1.
+	page, err := f.s.History(f.ctx, "43", "23", 0, 0)
+	if err != nil || page.Unread != 2 || page.Read != 2 || page.PeerRead != 4 {
+		t.Fatalf("History of the seed's conversation = unread %d read %d peer read %d, %v; want 2, 2, 4",
+			page.Unread, page.Read, page.PeerRead, err)
+	}
 	m := f.send(t, "43", "23", "chatd") // continues the seed's numbering
 	if m.Seq != 5 {
 		t.Fatalf("chatd's send after 4 seed messages got seq %d, want 5", m.Seq)
 	}
-	page, err := f.s.History(f.ctx, "43", "23", 0, 0)
+	page, err = f.s.History(f.ctx, "43", "23", 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,11 +247,12 @@ func TestHistorySeedElements(t *testing.T) {
 	if !slices.Equal(page.Messages, want) {
 		t.Fatalf("History =\n%+v\nwant\n%+v", page.Messages, want)
 	}
-	if page.Unread != 3 {
-		t.Fatalf("unread = %d, want the seed's 3", page.Unread)
+	// 43's send read everything before it; 23 is where the seed's count put it.
+	if page.Unread != 0 || page.Read != 5 || page.PeerRead != 4 {
+		t.Fatalf("after 43's send: unread %d read %d peer read %d; want 0, 5, 4", page.Unread, page.Read, page.PeerRead)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "0" {
-		t.Fatalf("HGET 43 43-23 = %q, want 0", got)
+	if got := f.unreadField(t, "43", "43-23"); got != "3" {
+		t.Fatalf("HGET 43 43-23 = %q, want the seed's 3 (a send is no read)", got)
 	}
 }
 
@@ -272,8 +269,8 @@ func TestHistoryStringIDs(t *testing.T) {
 	if !slices.Equal(page.Messages, want) {
 		t.Fatalf("History = %+v, want %+v", page.Messages, want)
 	}
-	if page.Unread != 1 {
-		t.Fatalf("alice's unread = %d, want 1", page.Unread)
+	if page.Unread != 1 || page.Read != 1 || page.PeerRead != 2 {
+		t.Fatalf("alice's unread %d read %d peer read %d, want 1, 1, 2", page.Unread, page.Read, page.PeerRead)
 	}
 }
 

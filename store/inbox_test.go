@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -10,15 +11,18 @@ import (
 func TestMarkRead(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
-	n, err := f.s.MarkRead(f.ctx, "43", "23", "")
-	if err != nil || n != 0 {
-		t.Fatalf("MarkRead of an empty conversation = %d, %v; want 0", n, err)
+	st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "")
+	if err != nil || st != (ReadState{}) {
+		t.Fatalf("MarkRead of an empty conversation = %+v, %v; want zero", st, err)
+	}
+	if ks := f.keysUnder(t); len(ks) != 0 {
+		t.Fatalf("MarkRead of an empty conversation wrote keys %q", ks)
 	}
 	f.fill(t, 3)
 	f.send(t, "65", "43", "other")
-	n, err = f.s.MarkRead(f.ctx, "43", "23", "r1 c1")
-	if err != nil || n != 3 {
-		t.Fatalf("MarkRead = %d, %v; want last seq 3", n, err)
+	st, err = f.s.MarkRead(f.ctx, "43", "23", 0, "r1 c1")
+	if err != nil || st != (ReadState{Last: 3, Read: 3, Unread: 0}) {
+		t.Fatalf("MarkRead = %+v, %v; want last 3, read 3, unread 0", st, err)
 	}
 	if got := f.unreadField(t, "43", "43-23"); got != "0" {
 		t.Fatalf("HGET 43 43-23 = %q, want 0", got)
@@ -33,7 +37,7 @@ func TestMarkRead(t *testing.T) {
 		t.Fatalf("MarkRead changed the list: length %d", n)
 	}
 	for _, bad := range [][2]string{{"", "23"}, {"43", "2-3"}} {
-		_, err := f.s.MarkRead(f.ctx, bad[0], bad[1], "")
+		_, err := f.s.MarkRead(f.ctx, bad[0], bad[1], 0, "")
 		mustErr(t, err, ErrInvalid, "MarkRead "+bad[0]+" "+bad[1])
 	}
 }
@@ -45,24 +49,37 @@ func TestUnread(t *testing.T) {
 	f.send(t, "23", "43", "b")
 	f.send(t, "alice", "43", "c")
 	f.send(t, "65", "43", "d")
-	if _, err := f.s.MarkRead(f.ctx, "43", "65", ""); err != nil {
+	if _, err := f.s.MarkRead(f.ctx, "43", "65", 0, ""); err != nil {
 		t.Fatal(err)
 	}
 	// Junk the seed or an operator may have left in the hash.
 	f.hset(t, "43", "junk", "5")
-	f.hset(t, "43", "99-98", "7")    // not a conversation of 43
-	f.hset(t, "43", "77-43", "abc")  // not a number
-	f.hset(t, "43", "78-43", "-3")   // negative
-	f.hset(t, "43", "79-43", "2.5")  // not an integer
-	f.hset(t, "43", "43-a:b", "4")   // invalid peer
-	f.hset(t, "43", "1000-43", "12") // seed-written, valid
-	f.hset(t, "43", "43-43", "1")    // talking to oneself
+	f.hset(t, "43", "99-98", "7")     // not a conversation of 43
+	f.hset(t, "43", "77-43", "abc")   // not a number
+	f.hset(t, "43", "78-43", "-3")    // negative
+	f.hset(t, "43", "79-43", "2.5")   // not an integer
+	f.hset(t, "43", "43-a:b", "4")    // invalid peer
+	f.hset(t, "43", "80-43", "4")     // no messages
+	f.hset(t, "1000", "1000-43", "0") // the other user's count is not 43's
+	for _, conv := range []string{"99-98", "77-43", "78-43", "79-43"} {
+		f.lpush(t, conv, `{"fromid": 1, "toid": 43, "msg": "x", "time": 1.5}`)
+	}
+	// Conversations the seed wrote: the seed's count, at most the length.
+	for i := range 12 {
+		f.lpush(t, "1000-43", fmt.Sprintf(`{"fromid": 1000, "toid": 43, "msg": "s%d", "time": 1.5}`, i))
+	}
+	f.hset(t, "43", "1000-43", "12")
+	f.lpush(t, "1001-43", `{"fromid": 1001, "toid": 43, "msg": "a", "time": 1.5}`, `{"fromid": 1001, "toid": 43, "msg": "b", "time": 1.5}`)
+	f.hset(t, "43", "1001-43", "5")
+	// A note to self the seed counted: its sender has read it.
+	f.lpush(t, "43-43", `{"fromid": 43, "toid": 43, "msg": "note", "time": 1.5}`)
+	f.hset(t, "43", "43-43", "1")
 
 	got, err := f.s.Unread(f.ctx, "43")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int64{"23": 2, "alice": 1, "1000": 12, "43": 1}
+	want := map[string]int64{"23": 2, "alice": 1, "1000": 12, "1001": 2}
 	if !maps.Equal(got, want) {
 		t.Fatalf("Unread(43) = %v, want %v", got, want)
 	}
@@ -95,10 +112,11 @@ func TestInbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// 23's last send read everything before it in that conversation.
 	want := []Conversation{
-		{With: "alice", Unread: 2, Last: &lastAlice},
-		{With: "43", Unread: 1, Last: &last43},
-		{With: "65", Unread: 1, Last: &last65},
+		{With: "alice", Unread: 0, Read: 3, PeerRead: 2, Last: &lastAlice},
+		{With: "43", Unread: 1, Read: 1, PeerRead: 2, Last: &last43},
+		{With: "65", Unread: 1, Read: 0, PeerRead: 1, Last: &last65},
 	}
 	checkInbox(t, convs, want)
 	if more {
@@ -126,23 +144,31 @@ func TestInbox(t *testing.T) {
 		t.Fatal("limit 3 of 3: more = true")
 	}
 
-	// Reading changes the counts, not the order.
-	if _, err := f.s.History(f.ctx, "23", "alice", 0, 0); err != nil {
+	// Reading changes the counts, not the order; history reads nothing.
+	if _, err := f.s.History(f.ctx, "23", "65", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.MarkRead(f.ctx, "23", "43", 0, ""); err != nil {
 		t.Fatal(err)
 	}
 	convs, _, err = f.s.Inbox(f.ctx, "23", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want[0].Unread = 0
+	want[1].Unread, want[1].Read = 0, 2
 	checkInbox(t, convs, want)
 
-	// The other side sees the conversation too, with its own count.
+	// The other side sees the conversation too, with its own positions.
 	convs, _, err = f.s.Inbox(f.ctx, "alice", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "23", Unread: 1, Last: &lastAlice}})
+	checkInbox(t, convs, []Conversation{{With: "23", Unread: 1, Read: 2, PeerRead: 3, Last: &lastAlice}})
+	convs, _, err = f.s.Inbox(f.ctx, "43", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkInbox(t, convs, []Conversation{{With: "23", Unread: 0, Read: 2, PeerRead: 2, Last: &last43}})
 
 	convs, more, err = f.s.Inbox(f.ctx, "nobody", 0)
 	if err != nil || len(convs) != 0 || more {
@@ -182,9 +208,11 @@ func TestInboxSeedConversations(t *testing.T) {
 		t.Fatal(err)
 	}
 	seedLast := Message{Conv: "77-23", Seq: 2, From: "77", To: "23", Text: "seed 二", Time: now}
+	// The seed's conversation: the seed's counts give the positions (77 has
+	// no count: it has read everything).
 	checkInbox(t, convs, []Conversation{
-		{With: "77", Unread: 2, Last: &seedLast},
-		{With: "43", Unread: 1, Last: &old},
+		{With: "77", Unread: 2, Read: 0, PeerRead: 2, Last: &seedLast},
+		{With: "43", Unread: 1, Read: 0, PeerRead: 1, Last: &old},
 	})
 	if more {
 		t.Fatal("more = true")
@@ -193,7 +221,7 @@ func TestInboxSeedConversations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "77", Unread: 2, Last: &seedLast}})
+	checkInbox(t, convs, []Conversation{{With: "77", Unread: 2, Read: 0, PeerRead: 2, Last: &seedLast}})
 	if !more {
 		t.Fatal("limit 1 of 2: more = false")
 	}
@@ -215,7 +243,7 @@ func TestInboxIgnoresJunkUnreadFields(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inbox with junk fields in the unread hash: %v", err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "43", Unread: 1, Last: &last}})
+	checkInbox(t, convs, []Conversation{{With: "43", Unread: 1, PeerRead: 1, Last: &last}})
 }
 
 func TestInboxMalformedLast(t *testing.T) {
@@ -227,7 +255,8 @@ func TestInboxMalformedLast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "43", Unread: 1, Last: nil}})
+	// A malformed element holds a seq, and it is not 23's own: it counts.
+	checkInbox(t, convs, []Conversation{{With: "43", Unread: 2, Read: 0, PeerRead: 1, Last: nil}})
 	if _, err := json.Marshal(convs); err != nil {
 		t.Fatalf("inbox cannot be encoded: %v", err)
 	}
@@ -249,7 +278,8 @@ func checkInbox(t testing.TB, got, want []Conversation) {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
-		same := g.With == w.With && g.Unread == w.Unread && (g.Last == nil) == (w.Last == nil)
+		same := g.With == w.With && g.Unread == w.Unread && g.Read == w.Read && g.PeerRead == w.PeerRead &&
+			(g.Last == nil) == (w.Last == nil)
 		if same && g.Last != nil {
 			same = *g.Last == *w.Last
 		}

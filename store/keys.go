@@ -104,6 +104,19 @@ func (k keys) unread(user string) string { return k.prefix + user }
 // inbox is a sorted set of user's conversation names scored by last activity (ms).
 func (k keys) inbox(user string) string { return k.prefix + "chat:inbox:" + user }
 
+// readPrefix is the prefix of the per-conversation read-position hashes.
+func (k keys) readPrefix() string { return k.prefix + "chat:read:" }
+
+// read is the hash of conversation name's read positions: field "r:<user>"
+// is the seq up to which user has read, field "len" the list length the
+// scripts last accounted for (see scripts.go, luaPositions).
+func (k keys) read(name string) string { return k.readPrefix() + name }
+
+// unreadIndex is the hash of the conversations in which user may have
+// unread messages, so that "ready" reads only those: field = conversation
+// name, value = "<user's read position> <list length>" when it was written.
+func (k keys) unreadIndex(user string) string { return k.prefix + "chat:unread:" + user }
+
 // idem records the message stored for (user, client id) for the idempotency window.
 func (k keys) idem(user, id string) string { return k.prefix + "chat:idem:" + user + ":" + id }
 

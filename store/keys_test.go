@@ -188,7 +188,7 @@ func TestKeysContainColon(t *testing.T) {
 	}
 	for _, key := range []string{
 		k.inbox("43"), k.idem("43", "c1"), k.presence("43"), k.presenceIndex(),
-		k.replicaChannel("r1"), k.presenceChannel(),
+		k.replicaChannel("r1"), k.presenceChannel(), k.read("43-23"), k.unreadIndex("43"),
 	} {
 		if !strings.Contains(key, ":") {
 			t.Errorf("key %q has no ':'", key)
@@ -200,5 +200,11 @@ func TestKeysContainColon(t *testing.T) {
 	}
 	if got := p.presence("43"); !strings.HasPrefix(got, p.presencePrefix()) || !strings.HasPrefix(got, "app:") {
 		t.Errorf("prefixed presence key = %q", got)
+	}
+	if got := p.read("43-23"); got != "app:chat:read:43-23" || !strings.HasPrefix(got, p.readPrefix()) {
+		t.Errorf("prefixed read key = %q", got)
+	}
+	if got := p.unreadIndex("43"); got != "app:chat:unread:43" {
+		t.Errorf("prefixed unread index key = %q", got)
 	}
 }

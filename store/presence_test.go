@@ -246,8 +246,8 @@ func TestDeliveryTypingAndReceipt(t *testing.T) {
 	f.connect(t, "23", "r1 c1", time.Minute)
 	f.connect(t, "43", "r2 c2", time.Minute)
 	// Nothing to have read yet: no receipt.
-	if n, err := f.s.MarkRead(f.ctx, "43", "23", "r2 c2"); err != nil || n != 0 {
-		t.Fatalf("MarkRead of an empty conversation = %d, %v", n, err)
+	if st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "r2 c2"); err != nil || st != (ReadState{}) {
+		t.Fatalf("MarkRead of an empty conversation = %+v, %v", st, err)
 	}
 	barrier(t, sub1)
 	barrier(t, sub2)
@@ -275,7 +275,7 @@ func TestDeliveryTypingAndReceipt(t *testing.T) {
 	}
 
 	// A receipt goes to both sides, with the last seq.
-	if _, err := f.s.MarkRead(f.ctx, "43", "23", "r2 c2"); err != nil {
+	if _, err := f.s.MarkRead(f.ctx, "43", "23", 0, "r2 c2"); err != nil {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {

@@ -15,7 +15,8 @@ import (
 
 // Delivery is one frame to hand to the local sockets of some users.
 type Delivery struct {
-	// Kind is 'm' for a message, 'r' for a read receipt, 't' for typing.
+	// Kind is 'm' for a message, 'r' for a read receipt, 'u' for a new
+	// unread count for the reader's own sockets, 't' for typing.
 	Kind byte
 	// Origin is the presence member of the sending connection, which
 	// already has its reply, or "-".

@@ -38,22 +38,28 @@ func TestOneRoundTrip(t *testing.T) {
 			return err
 		}, nil},
 		{"History", func() error {
-			_, err := s.History(ctx, "43", "23", 0, 0)
-			return err
-		}, func(t *testing.T) {
-			if got := f.unreadField(t, "43", "43-23"); got != "0" {
-				t.Fatalf("History left unread %q", got)
+			page, err := s.History(ctx, "43", "23", 0, 0)
+			if err == nil && (page.Unread == 0 || len(page.Messages) == 0) {
+				t.Errorf("History = %+v, want messages and 43's unread count", page)
 			}
-		}},
+			return err
+		}, nil},
 		{"MarkRead", func() error {
 			f.hset(t, "43", "43-23", "5") // through the uncounted client
-			_, err := s.MarkRead(ctx, "43", "23", "")
+			_, err := s.MarkRead(ctx, "43", "23", 0, "")
 			return err
 		}, func(t *testing.T) {
 			if got := f.unreadField(t, "43", "43-23"); got != "0" {
-				t.Fatalf("MarkRead left unread %q", got)
+				t.Fatalf("MarkRead left the seed's count at %q", got)
+			}
+			if un, err := f.s.Unread(ctx, "43"); err != nil || len(un) != 0 {
+				t.Fatalf("Unread(43) after MarkRead = %v, %v; want none", un, err)
 			}
 		}},
+		{"Unread", func() error {
+			_, err := s.Unread(ctx, "43")
+			return err
+		}, nil},
 		{"Inbox", func() error {
 			_, _, err := s.Inbox(ctx, "43", 0)
 			return err

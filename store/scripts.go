@@ -26,18 +26,86 @@ local function publish(set, prefix, payload)
 end
 `
 
+// luaPositions is shared by the scripts that read or move read positions.
+//
+// One rule makes the positions: a message's sender has read everything up
+// to it. A conversation's read hash (keys.read) holds "r:<user>", the seq up
+// to which user has read, for both users, and "len", the list length the
+// last script that wrote the hash accounted for. chatd's own sends move the
+// sender's position to the new seq, so after a user's position there are
+// only the peer's messages, and unread is the list length minus the
+// position. Elements past "len" were pushed by someone else (the seed's
+// msgsend): the newest of them from a user moves that user's position to it.
+//
+// A conversation without a read hash (written by the seed only, or before
+// chatd kept positions) starts from the seed's unread counts, length -
+// count (so that unread is the seed's count, never more than the length),
+// and the same rule applies to the elements after that.
+//
+// Of the elements the rule has to look at, at most maxTail (the newest) are.
+// The first script that writes the hash starts from the positions found, so
+// nothing a user sees jumps.
+const luaPositions = `
+local maxTail = 1000
+-- count parses one of the seed's unread counts; junk counts 0.
+local function count(v)
+  local c = tonumber(v)
+  if type(v) ~= 'string' or not c or c < 0 or c ~= math.floor(c) then return 0 end
+  return c
+end
+local function seedCount(key, conv)
+  return count(redis.pcall('HGET', key, conv))
+end
+-- sender returns a list element's fromid (a JSON string or number).
+local function sender(el)
+  return string.match(el, '"fromid"%s*:%s*"([^"\\]*)"') or string.match(el, '"fromid"%s*:%s*(%d+)')
+end
+-- positions returns the read positions of users a and b in the conversation
+-- conv (list key list, length n, read hash rk; seedA and seedB the users'
+-- seed hashes). skip is how many elements were pushed after those n (the
+-- message a send is storing), 0 when nil.
+local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
+  local st = redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b)
+  local len = tonumber(st[1])
+  local ra, rb, k
+  if len then
+    ra = math.min(tonumber(st[2]) or 0, n)
+    rb = math.min(tonumber(st[3]) or 0, n)
+    k = n - len
+  else
+    ra = n - math.min(seedCount(seedA, conv), n)
+    rb = n - math.min(seedCount(seedB, conv), n)
+    k = n - math.min(ra, rb)
+  end
+  if k > 0 then
+    skip = skip or 0
+    local items = redis.call('LRANGE', list, skip, skip + math.min(k, maxTail) - 1)
+    for i, el in ipairs(items) do
+      local seq = n - i + 1
+      if seq <= ra and seq <= rb then break end
+      local f = sender(el)
+      if f == a and seq > ra then ra = seq end
+      if f == b and seq > rb then rb = seq end
+    end
+  end
+  return ra, rb
+end
+`
+
 // sendScript stores one message, all in one step.
 //
 // KEYS: 1 conversation list, 2 recipient's unread hash, 3 idempotency key,
 // 4 sender's inbox, 5 recipient's inbox, 6 recipient's presence,
-// 7 sender's presence.
+// 7 sender's presence, 8 conversation's read hash, 9 sender's unread hash,
+// 10 recipient's unread index, 11 sender's unread index.
 // ARGV: 1 seed-format element, 2 conversation name, 3 now (ms),
 // 4 idempotency TTL (ms), 5 replica channel prefix, 6 envelope head (up to
-// the seq), 7 envelope tail (after the seq), 8 key prefix.
+// the seq), 7 envelope tail (after the seq), 8 key prefix, 9 sender,
+// 10 recipient.
 //
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
-var sendScript = redis.NewScript(luaRoute + `
+var sendScript = redis.NewScript(luaRoute + luaPositions + `
 local prev = redis.call('GET', KEYS[3])
 if prev then
   local conv, seq = string.match(prev, '^(%S+) (%d+)$')
@@ -48,7 +116,16 @@ if prev then
     return {0, conv, tonumber(seq), el or ''}
   end
 end
+local from, to = ARGV[9], ARGV[10]
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
+local n = seq - 1
+local rf, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
+if to == from then rt = seq end
+redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
+if to ~= from then
+  if rf < n then redis.call('HDEL', KEYS[11], ARGV[2]) end
+  redis.call('HSET', KEYS[10], ARGV[2], rt .. ' ' .. seq)
+end
 local now = tonumber(ARGV[3])
 local set = {}
 if route(set, KEYS[6], now) == 0 then
@@ -62,15 +139,17 @@ publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7])
 return {1, seq}
 `)
 
-// historyScript reads one page of a conversation and resets the reader's
-// unread count, as the seed's msgread does.
+// historyScript reads one page of a conversation and the read positions of
+// both users. It writes nothing: reading history marks nothing read.
 //
-// KEYS: 1 conversation list, 2 reader's unread hash.
-// ARGV: 1 before (0: from the newest), 2 limit, 3 conversation name.
+// KEYS: 1 conversation list, 2 conversation's read hash, 3 reader's unread
+// hash, 4 peer's unread hash.
+// ARGV: 1 before (0: from the newest), 2 limit, 3 conversation name,
+// 4 reader, 5 peer.
 //
-// Returns {length, top, unread, elements}: elements are the newest first and
-// the first has seq top.
-var historyScript = redis.NewScript(`
+// Returns {length, top, unread, read, peer read, elements}: elements are
+// the newest first and the first has seq top.
+var historyScript = redis.NewScript(luaPositions + `
 local n = redis.call('LLEN', KEYS[1])
 local top = n
 local before = tonumber(ARGV[1])
@@ -80,31 +159,106 @@ if top > 0 then
   local start = n - top
   items = redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
 end
-local unread = redis.call('HGET', KEYS[2], ARGV[3])
-if unread and unread ~= '0' then redis.call('HSET', KEYS[2], ARGV[3], 0) end
-return {n, top, unread or '0', items}
+local r, rp = positions(KEYS[2], KEYS[1], n, ARGV[4], ARGV[5], KEYS[3], KEYS[4], ARGV[3])
+return {n, top, n - r, r, rp, items}
 `)
 
-// readScript marks a conversation read and sends a receipt to both sides
-// (none for an empty conversation: there is nothing to have read).
+// readScript moves the reader's read position forward (never back) to a
+// seq or to the newest message, resets the seed's unread count to what is
+// left unread, sends a receipt to both sides and the new count to the
+// reader's other sockets (none for an empty conversation: there is nothing
+// to have read, and nothing is written).
 //
-// KEYS: 1 reader's unread hash, 2 conversation list, 3 peer's presence,
-// 4 reader's presence.
+// KEYS: 1 conversation's read hash, 2 conversation list, 3 reader's unread
+// hash, 4 peer's unread hash, 5 reader's unread index, 6 peer's unread
+// index, 7 peer's presence, 8 reader's presence.
 // ARGV: 1 conversation name, 2 now (ms), 3 replica channel prefix,
-// 4 envelope head (up to the seq), 5 envelope tail.
+// 4 receipt envelope head (up to the seq), 5 receipt tail, 6 reader,
+// 7 peer, 8 seq to read up to (0: the newest), 9 unread frame head (up to
+// the read position), 10 its middle (up to the count), 11 its tail.
 //
-// Returns the conversation's last seq.
-var readScript = redis.NewScript(luaRoute + `
-local unread = redis.call('HGET', KEYS[1], ARGV[1])
-if unread and unread ~= '0' then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+// Returns {length, read position, unread}.
+var readScript = redis.NewScript(luaRoute + luaPositions + `
 local n = redis.call('LLEN', KEYS[2])
-if n == 0 then return 0 end
+if n == 0 then return {0, 0, 0} end
+local me, peer = ARGV[6], ARGV[7]
+local r, rp = positions(KEYS[1], KEYS[2], n, me, peer, KEYS[3], KEYS[4], ARGV[1])
+local upto = tonumber(ARGV[8])
+if upto <= 0 or upto > n then upto = n end
+if upto > r then r = upto end
+if me == peer then rp = r end
+redis.call('HSET', KEYS[1], 'len', n, 'r:' .. me, r, 'r:' .. peer, rp)
+local unread = n - r
+local seed = redis.call('HGET', KEYS[3], ARGV[1])
+if unread == 0 then
+  if seed and seed ~= '0' then redis.call('HSET', KEYS[3], ARGV[1], 0) end
+  redis.call('HDEL', KEYS[5], ARGV[1])
+else
+  if count(seed) > unread then redis.call('HSET', KEYS[3], ARGV[1], unread) end
+  redis.call('HSET', KEYS[5], ARGV[1], r .. ' ' .. n)
+end
+if me ~= peer and rp < n then redis.call('HSET', KEYS[6], ARGV[1], rp .. ' ' .. n) end
 local now = tonumber(ARGV[2])
+local mine = {}
+route(mine, KEYS[8], now)
 local set = {}
-route(set, KEYS[3], now)
-route(set, KEYS[4], now)
-publish(set, ARGV[3], ARGV[4] .. n .. ARGV[5])
-return n
+route(set, KEYS[7], now)
+for k in pairs(mine) do set[k] = true end
+publish(set, ARGV[3], ARGV[4] .. r .. ARGV[5])
+publish(mine, ARGV[3], ARGV[9] .. r .. ARGV[10] .. unread .. ARGV[11])
+return {n, r, unread}
+`)
+
+// unreadScript counts a user's unread messages per conversation, for the
+// conversations the unread index names and those the seed's unread hash
+// counts (the seed's msgsend writes no index). An index entry "<read> <len>"
+// whose len is still the list's length gives the count with one LLEN; any
+// other conversation is counted as luaPositions does.
+//
+// KEYS: 1 user's unread hash, 2 user's unread index.
+// ARGV: 1 user, 2 key prefix, 3 read hash prefix.
+//
+// Returns flat pairs {conv, unread}, only those above 0.
+var unreadScript = redis.NewScript(luaPositions + `
+local me = ARGV[1]
+local seen = {}
+local out = {}
+local function add(conv, n)
+  local r = positions(ARGV[3] .. conv, ARGV[2] .. conv, n, me, me, KEYS[1], KEYS[1], conv)
+  if n > r then
+    out[#out + 1] = conv
+    out[#out + 1] = n - r
+  end
+end
+local idx = redis.call('HGETALL', KEYS[2])
+for i = 1, #idx, 2 do
+  local conv = idx[i]
+  seen[conv] = true
+  local n = redis.call('LLEN', ARGV[2] .. conv)
+  local r, len = string.match(idx[i + 1], '^(%d+) (%d+)$')
+  if r and tonumber(len) == n then
+    if n > tonumber(r) then
+      out[#out + 1] = conv
+      out[#out + 1] = n - tonumber(r)
+    end
+  elseif n > 0 then
+    add(conv, n)
+  end
+end
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  local conv = h[i]
+  if h[i + 1] ~= '0' and not seen[conv] then
+    seen[conv] = true
+    -- Only "<id>-<id>" naming a list of a conversation of me counts.
+    local hi, lo = string.match(conv, '^([%w_.@]+)%-([%w_.@]+)$')
+    if hi == me or lo == me then
+      local n = redis.pcall('LLEN', ARGV[2] .. conv)
+      if type(n) == 'number' and n > 0 then add(conv, n) end
+    end
+  end
+end
+return out
 `)
 
 // routeScript publishes an ephemeral envelope to the replicas of some users.
@@ -122,12 +276,16 @@ return count
 `)
 
 // inboxScript gathers a user's conversations: the newest of the inbox index,
-// and those the unread hash counts (the seed's msgsend writes no index).
+// and those the unread hash counts (the seed's msgsend writes no index),
+// with both users' read positions.
 //
-// KEYS: 1 inbox index, 2 unread hash. ARGV: 1 limit, 2 key prefix.
+// KEYS: 1 inbox index, 2 unread hash. ARGV: 1 limit, 2 key prefix, 3 user,
+// 4 read hash prefix.
 //
-// Returns flat quadruples {conv, length, newest element, unread}.
-var inboxScript = redis.NewScript(`
+// Returns flat sextuples {conv, length, newest element, unread, read,
+// peer read}.
+var inboxScript = redis.NewScript(luaPositions + `
+local me = ARGV[3]
 local seen = {}
 local out = {}
 local unread = {}
@@ -136,20 +294,25 @@ for i = 1, #h, 2 do unread[h[i]] = h[i + 1] end
 local function add(conv)
   if seen[conv] then return end
   seen[conv] = true
-  -- Only "<id>-<id>" names a conversation; skip other fields and keys
-  -- that are not lists.
-  if not string.match(conv, '^[%w_.@]+%-[%w_.@]+$') then return end
+  -- Only "<id>-<id>" naming a conversation of me counts; skip other
+  -- fields and keys that are not lists.
+  local hi, lo = string.match(conv, '^([%w_.@]+)%-([%w_.@]+)$')
+  local peer
+  if hi == me then peer = lo elseif lo == me then peer = hi else return end
   local list = ARGV[2] .. conv
   local n = redis.pcall('LLEN', list)
   if type(n) ~= 'number' or n == 0 then return end
+  local r, rp = positions(ARGV[4] .. conv, list, n, me, peer, KEYS[2], ARGV[2] .. peer, conv)
   out[#out + 1] = conv
   out[#out + 1] = n
   out[#out + 1] = redis.call('LINDEX', list, 0)
-  out[#out + 1] = unread[conv] or '0'
+  out[#out + 1] = n - r
+  out[#out + 1] = r
+  out[#out + 1] = rp
 end
 for _, conv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do add(conv) end
-for conv, count in pairs(unread) do
-  if count ~= '0' then add(conv) end
+for conv, c in pairs(unread) do
+  if c ~= '0' then add(conv) end
 end
 return out
 `)

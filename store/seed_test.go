@@ -200,8 +200,16 @@ func TestSeedInterop(t *testing.T) {
 			t.Fatal(err)
 		}
 		sent = append(sent, m)
-		if un, err := s.Unread(ctx, b); err != nil || un[a] != 3 {
-			t.Fatalf("chatd's Unread(b) = %v, %v; want %s: 3", un, err, a)
+		// b's answer read everything before it; the seed's count is the
+		// seed's: three messages while b was offline.
+		if un, err := s.Unread(ctx, b); err != nil || len(un) != 0 {
+			t.Fatalf("chatd's Unread(b) = %v, %v; want none", un, err)
+		}
+		if un, err := s.Unread(ctx, a); err != nil || !maps.Equal(un, map[string]int64{b: 1}) {
+			t.Fatalf("chatd's Unread(a) = %v, %v; want %s: 1", un, err, b)
+		}
+		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "3" {
+			t.Fatalf("HGET b %s = %q, %v; want the seed's 3", conv, v, err)
 		}
 
 		got := seed.read(b, a)
@@ -221,16 +229,29 @@ func TestSeedInterop(t *testing.T) {
 				t.Errorf("seed message %d time %s, want %v", i, sm.Time, want.Time)
 			}
 		}
-		// msgread's HSET 0 is what chatd sees.
-		if un, err := s.Unread(ctx, b); err != nil || len(un) != 0 {
-			t.Fatalf("chatd's Unread(b) after the seed's msgread = %v, %v; want none", un, err)
-		}
 		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "0" {
-			t.Fatalf("HGET b %s = %q, %v; want 0", conv, v, err)
+			t.Fatalf("HGET b %s after the seed's msgread = %q, %v; want 0", conv, v, err)
 		}
 		page, err := s.History(ctx, b, a, 0, 0)
-		if err != nil || page.Unread != 0 || !slices.Equal(page.Messages, reversed(sent)) {
+		if err != nil || page.Unread != 0 || page.Read != 4 || page.PeerRead != 3 || !slices.Equal(page.Messages, reversed(sent)) {
 			t.Fatalf("chatd's History after the seed's read = %+v, %v", page, err)
+		}
+
+		// chatd's read resets the seed's count, as msgread does.
+		if _, _, err := s.Send(ctx, SendRequest{From: a, To: b, Text: "one more"}); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "1" {
+			t.Fatalf("HGET b %s = %q, %v; want 1", conv, v, err)
+		}
+		if st, err := s.MarkRead(ctx, b, a, 0, ""); err != nil || st != (ReadState{Last: 5, Read: 5}) {
+			t.Fatalf("MarkRead = %+v, %v", st, err)
+		}
+		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "0" {
+			t.Fatalf("HGET b %s after chatd's read = %q, %v; want 0", conv, v, err)
+		}
+		if got := seed.read(b, a); len(got) != 5 || got[0].Msg != "one more" {
+			t.Fatalf("the seed's msgread after chatd's read = %+v", got)
 		}
 	})
 
@@ -244,22 +265,36 @@ func TestSeedInterop(t *testing.T) {
 		}
 		end := float64(time.Now().UnixMicro())/1e6 + 1
 
+		// A conversation only the seed wrote (PROTOCOL.md section 4): unread
+		// is the seed's count; a read position is the length minus the
+		// user's count.
 		if un, err := s.Unread(ctx, d); err != nil || len(un) != 1 || un[c] != 3 {
 			t.Fatalf("chatd's Unread(d) = %v, %v; want %s: 3 (the seed's count)", un, err, c)
+		}
+		if un, err := s.Unread(ctx, c); err != nil || len(un) != 0 {
+			t.Fatalf("chatd's Unread(c) = %v, %v; want none", un, err)
 		}
 		convs, more, err := s.Inbox(ctx, d, 0)
 		if err != nil || more || len(convs) != 1 {
 			t.Fatalf("chatd's Inbox(d) = %+v, %v, %v; want the seed's conversation", convs, more, err)
 		}
-		if cv := convs[0]; cv.With != c || cv.Unread != 3 || cv.Last == nil || cv.Last.Seq != 3 || cv.Last.Text != texts[2] {
-			t.Fatalf("chatd's Inbox(d) = %+v (last %+v); want with c, unread 3, last seq 3 %q", cv, cv.Last, texts[2])
+		if cv := convs[0]; cv.With != c || cv.Unread != 3 || cv.Read != 0 || cv.PeerRead != 3 ||
+			cv.Last == nil || cv.Last.Seq != 3 || cv.Last.Text != texts[2] {
+			t.Fatalf("chatd's Inbox(d) = %+v (last %+v); want with c, unread 3, read 0, peer read 3, last seq 3 %q",
+				cv, cv.Last, texts[2])
+		}
+		if convs, _, err := s.Inbox(ctx, c, 0); err != nil || len(convs) != 0 {
+			t.Fatalf("chatd's Inbox(c) = %+v, %v; want none: the seed writes no inbox index and c has no count", convs, err)
+		}
+		if page, err := s.History(ctx, c, d, 0, 0); err != nil || page.Unread != 0 || page.Read != 3 || page.PeerRead != 0 {
+			t.Fatalf("chatd's History(c) = %+v, %v; want unread 0, read 3, peer read 0", page, err)
 		}
 
 		page, err := s.History(ctx, d, c, 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if page.Unread != 3 || page.More || len(page.Messages) != 3 {
+		if page.Unread != 3 || page.Read != 0 || page.PeerRead != 3 || page.More || len(page.Messages) != 3 {
 			t.Fatalf("chatd's History = %+v", page)
 		}
 		for i, m := range page.Messages {
@@ -271,8 +306,28 @@ func TestSeedInterop(t *testing.T) {
 				t.Errorf("message %d time %v, want the seed's time.time() in [%v, %v]", i, m.Time, start, end)
 			}
 		}
+		if un, err := s.Unread(ctx, d); err != nil || un[c] != 3 {
+			t.Fatalf("chatd's Unread(d) after History = %v, %v; want %s: 3 (history reads nothing)", un, err, c)
+		}
+
+		// The seed's msgread resets d's count: c sees its messages read.
+		if got := seed.read(d, c); len(got) != 3 {
+			t.Fatalf("the seed's msgread = %d messages, want 3", len(got))
+		}
+		if page, err := s.History(ctx, c, d, 0, 0); err != nil || page.PeerRead != 3 {
+			t.Fatalf("chatd's History(c) after the seed's msgread = %+v, %v; want peer read 3", page, err)
+		}
 		if un, err := s.Unread(ctx, d); err != nil || len(un) != 0 {
-			t.Fatalf("chatd's Unread(d) after History = %v, %v; want none", un, err)
+			t.Fatalf("chatd's Unread(d) after the seed's msgread = %v, %v; want none", un, err)
+		}
+
+		// The first chatd message starts the positions from the seed's.
+		seed.send(c, d, "seed 4")
+		if _, _, err := s.Send(ctx, SendRequest{From: c, To: d, Text: "chatd 5"}); err != nil {
+			t.Fatal(err)
+		}
+		if page, err := s.History(ctx, d, c, 0, 0); err != nil || page.Unread != 2 || page.Read != 3 || page.PeerRead != 5 {
+			t.Fatalf("chatd's History(d) after chatd's first send = %+v, %v; want unread 2, read 3, peer read 5", page, err)
 		}
 	})
 
@@ -299,15 +354,26 @@ func TestSeedInterop(t *testing.T) {
 			want = append(want, text)
 		}
 		// Each side counted its own writes in the other's hash.
-		if un, err := s.Unread(ctx, g); err != nil || un[e] != n/2 {
-			t.Fatalf("Unread(g) = %v, %v; want %s: %d from the seed", un, err, e, n/2)
+		if v, err := rdb.HGet(ctx, g, ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
+			t.Fatalf("HGET g = %q, %v; want %d from the seed", v, err, n/2)
 		}
-		if un, err := s.Unread(ctx, e); err != nil || un[g] != n/2 {
-			t.Fatalf("Unread(e) = %v, %v; want %s: %d from chatd", un, err, g, n/2)
+		if v, err := rdb.HGet(ctx, e, ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
+			t.Fatalf("HGET e = %q, %v; want %d from chatd", v, err, n/2)
+		}
+		// Every message read what came before it, the seed's too: g wrote
+		// the newest, e has that one unread.
+		if un, err := s.Unread(ctx, g); err != nil || len(un) != 0 {
+			t.Fatalf("Unread(g) = %v, %v; want none", un, err)
+		}
+		if un, err := s.Unread(ctx, e); err != nil || !maps.Equal(un, map[string]int64{g: 1}) {
+			t.Fatalf("Unread(e) = %v, %v; want %s: 1", un, err, g)
 		}
 		page, err := s.History(ctx, e, g, 0, 0)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if page.Unread != 1 || page.Read != n-1 || page.PeerRead != n {
+			t.Fatalf("History(e) = unread %d read %d peer read %d; want 1, %d, %d", page.Unread, page.Read, page.PeerRead, n-1, n)
 		}
 		wantSeqs(t, page.Messages, seqRange(n, 1)...)
 		for _, m := range page.Messages {

@@ -1,8 +1,16 @@
 // Package store keeps chatd's data in Redis, in the layout of the seed
 // ("使用Redis存储聊天数据的一种方案"): one list per conversation, newest first,
-// and one hash of unread counts per user. It adds an inbox index, idempotency
-// records, presence entries and pub/sub routing, all under keys that contain
-// ':' so they never collide with the seed's.
+// and one hash of unread counts per user. It adds read positions, an inbox
+// index, idempotency records, presence entries and pub/sub routing, all
+// under keys that contain ':' so they never collide with the seed's.
+//
+// Unread is position based: each user has a read position per conversation
+// (the seq up to which the user has read), which a read moves forward and
+// a send moves to the sent message; unread is the peer's messages after
+// it, the same on every device. The seed's unread hash keeps the seed's
+// meaning (bumped when the recipient is offline, reset when read) for the
+// seed's own readers, and gives the positions of conversations chatd has
+// no positions for (see luaPositions in scripts.go).
 //
 // Every operation a client request causes is one Lua script, so it is atomic
 // and costs one Redis round trip. A message's seq is its position counted
@@ -28,7 +36,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -118,10 +125,10 @@ type SendRequest struct {
 }
 
 // Send stores a message: it pushes the seed-format entry onto the
-// conversation list, bumps the recipient's unread count when the recipient
-// has no live connection, records the idempotency key, updates both inboxes
-// and publishes the message to the replicas of both users, in one atomic
-// step. A repeated (sender, client id) returns the first message with
+// conversation list, moves the sender's read position to it, bumps the
+// recipient's count in the seed's unread hash when the recipient has no
+// live connection, records the idempotency key, updates both inboxes and
+// publishes the message to the replicas of both users, in one atomic step. A repeated (sender, client id) returns the first message with
 // dup true and writes nothing.
 func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup bool, err error) {
 	if err := validatePair(req.From, req.To); err != nil {
@@ -147,9 +154,11 @@ func (s *Store) Send(ctx context.Context, req SendRequest) (msg Message, dup boo
 			s.keys.conv(conv), s.keys.unread(req.To), s.keys.idem(req.From, req.ClientID),
 			s.keys.inbox(req.From), s.keys.inbox(req.To),
 			s.keys.presence(req.To), s.keys.presence(req.From),
+			s.keys.read(conv), s.keys.unread(req.From),
+			s.keys.unreadIndex(req.To), s.keys.unreadIndex(req.From),
 		},
 		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
-		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix,
+		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To,
 	)
 	if err != nil {
 		return Message{}, false, fmt.Errorf("send %s: %w", conv, err)
@@ -237,15 +246,18 @@ func randomID() string {
 // Page is one page of a conversation's history.
 type Page struct {
 	Messages []Message // newest first
-	Unread   int64     // the reader's unread count before this read reset it
+	Unread   int64     // the reader's unread messages: the peer's after Read
+	Read     int64     // the seq up to which the reader has read
+	PeerRead int64     // the seq up to which the peer has read
 	More     bool      // older messages exist
 }
 
 // History returns up to limit messages of the conversation of user with
 // peer that are older than seq before (0: from the newest), newest first,
-// and resets user's unread count for it, atomically. It costs O(limit), not
-// O(length of the conversation), for pages near the newest end. Malformed
-// list elements are skipped with a warning; they still hold their seq.
+// with both users' read positions, atomically. It marks nothing read. It
+// costs O(limit), not O(length of the conversation), for pages near the
+// newest end. Malformed list elements are skipped with a warning; they
+// still hold their seq.
 func (s *Store) History(ctx context.Context, user, peer string, before int64, limit int) (Page, error) {
 	if err := validatePair(user, peer); err != nil {
 		return Page{}, err
@@ -260,17 +272,21 @@ func (s *Store) History(ctx context.Context, user, peer string, before int64, li
 		return Page{}, fmt.Errorf("%w: before must be a positive seq", ErrInvalid)
 	}
 	conv := ConvKey(user, peer)
-	res, err := historyScript.Run(ctx, s.rdb, []string{s.keys.conv(conv), s.keys.unread(user)},
-		before, limit, conv).Slice()
+	res, err := historyScript.Run(ctx, s.rdb,
+		[]string{s.keys.conv(conv), s.keys.read(conv), s.keys.unread(user), s.keys.unread(peer)},
+		before, limit, conv, user, peer).Slice()
 	if err != nil {
 		return Page{}, fmt.Errorf("history %s: %w", conv, err)
 	}
-	if len(res) != 4 {
+	if len(res) != 6 {
 		return Page{}, fmt.Errorf("history %s: unexpected reply %v", conv, res)
 	}
 	top, _ := res[1].(int64)
-	items, _ := res[3].([]any)
-	page := Page{Unread: s.count(conv, user, res[2]), Messages: make([]Message, 0, len(items))}
+	items, _ := res[5].([]any)
+	page := Page{Messages: make([]Message, 0, len(items))}
+	page.Unread, _ = res[2].(int64)
+	page.Read, _ = res[3].(int64)
+	page.PeerRead, _ = res[4].(int64)
 	for i, it := range items {
 		seq := top - int64(i)
 		data, _ := it.(string)
@@ -285,54 +301,76 @@ func (s *Store) History(ctx context.Context, user, peer string, before int64, li
 	return page, nil
 }
 
-// count parses an unread count from the seed's hash, warning on junk.
-func (s *Store) count(conv, user string, v any) int64 {
-	str, _ := v.(string)
-	n, err := strconv.ParseInt(str, 10, 64)
-	if err != nil || n < 0 {
-		s.log.Warn("ignoring malformed unread count", "conv", conv, "user", user, "value", str)
-		return 0
-	}
-	return n
+// ReadState is a user's read position in one conversation after MarkRead.
+type ReadState struct {
+	Last   int64 // the conversation's last seq (0: it is empty)
+	Read   int64 // the seq up to which the user has read
+	Unread int64 // the peer's messages after Read
 }
 
-// MarkRead sets user's unread count for the conversation with peer to 0
-// and sends a receipt ({"type":"receipt","by":user,"with":peer,"seq":last})
-// to the sockets of both users but origin. It returns the last seq.
-func (s *Store) MarkRead(ctx context.Context, user, peer, origin string) (int64, error) {
+// MarkRead moves user's read position in the conversation with peer
+// forward to seq (0 or past the newest: to the newest); it never moves it
+// back. It sets the seed's unread count to what is left unread, sends a
+// receipt ({"type":"receipt","by":user,"with":peer,"seq":read}) to the
+// sockets of both users and the new count
+// ({"type":"unread","with":peer,"read":read,"unread":n}) to the user's
+// sockets, all but origin. An empty conversation is left alone: nothing is
+// written or sent.
+func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, origin string) (ReadState, error) {
 	if err := validatePair(user, peer); err != nil {
-		return 0, err
+		return ReadState{}, err
+	}
+	if seq < 0 {
+		return ReadState{}, fmt.Errorf("%w: seq must be positive", ErrInvalid)
 	}
 	conv := ConvKey(user, peer)
-	head := appendEnvelope(nil, 'r', origin, []string{peer, user}, 0)
-	head = append(head, `{"type":"receipt","by":`...)
-	head = appendJSONString(head, user)
-	head = append(head, `,"with":`...)
-	head = appendJSONString(head, peer)
-	head = append(head, `,"seq":`...)
+	receipt := appendEnvelope(nil, 'r', origin, []string{peer, user}, 0)
+	receipt = append(receipt, `{"type":"receipt","by":`...)
+	receipt = appendJSONString(receipt, user)
+	receipt = append(receipt, `,"with":`...)
+	receipt = appendJSONString(receipt, peer)
+	receipt = append(receipt, `,"seq":`...)
+	badge := appendEnvelope(nil, 'u', origin, []string{user}, 0)
+	badge = append(badge, `{"type":"unread","with":`...)
+	badge = appendJSONString(badge, peer)
+	badge = append(badge, `,"read":`...)
 	now := s.now().UnixMilli()
-	n, err := readScript.Run(ctx, s.rdb,
-		[]string{s.keys.unread(user), s.keys.conv(conv), s.keys.presence(peer), s.keys.presence(user)},
-		conv, now, s.keys.replicaChannelPrefix(), head, "}").Int64()
+	res, err := readScript.Run(ctx, s.rdb,
+		[]string{
+			s.keys.read(conv), s.keys.conv(conv), s.keys.unread(user), s.keys.unread(peer),
+			s.keys.unreadIndex(user), s.keys.unreadIndex(peer), s.keys.presence(peer), s.keys.presence(user),
+		},
+		conv, now, s.keys.replicaChannelPrefix(), receipt, "}", user, peer, seq,
+		badge, `,"unread":`, "}").Int64Slice()
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", conv, err)
+		return ReadState{}, fmt.Errorf("read %s: %w", conv, err)
 	}
-	return n, nil
+	if len(res) != 3 {
+		return ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, res)
+	}
+	return ReadState{Last: res[0], Read: res[1], Unread: res[2]}, nil
 }
 
-// Unread returns user's unread counts by peer, only those above 0.
+// Unread returns user's unread counts by peer, only those above 0: per
+// conversation, the peer's messages after user's read position. It is one
+// script, whose cost grows with the conversations that have unread messages
+// and with the seed's hash of user (one field per conversation ever counted
+// there), not with all of user's conversations. Malformed counts in the
+// seed's hash count 0.
 func (s *Store) Unread(ctx context.Context, user string) (map[string]int64, error) {
-	h, err := s.rdb.HGetAll(ctx, s.keys.unread(user)).Result()
+	if err := ValidateUser(user); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	res, err := unreadScript.Run(ctx, s.rdb, []string{s.keys.unread(user), s.keys.unreadIndex(user)},
+		user, s.keys.prefix, s.keys.readPrefix()).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("unread %s: %w", user, err)
 	}
-	out := make(map[string]int64, len(h))
-	for conv, v := range h {
-		peer, ok := Peer(conv, user)
-		if !ok {
-			continue
-		}
-		if n := s.count(conv, user, v); n > 0 {
+	out := make(map[string]int64, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		conv, _ := res[i].(string)
+		n, _ := res[i+1].(int64)
+		if peer, ok := Peer(conv, user); ok && n > 0 {
 			out[peer] = n
 		}
 	}
@@ -341,14 +379,16 @@ func (s *Store) Unread(ctx context.Context, user string) (map[string]int64, erro
 
 // Conversation is one entry of an inbox.
 type Conversation struct {
-	With   string   `json:"with"`
-	Unread int64    `json:"unread"`
-	Last   *Message `json:"last"`
+	With     string   `json:"with"`
+	Unread   int64    `json:"unread"`    // the peer's messages after Read
+	Read     int64    `json:"read"`      // the seq up to which the user has read
+	PeerRead int64    `json:"peer_read"` // the seq up to which the peer has read
+	Last     *Message `json:"last"`
 }
 
 // Inbox returns up to limit of user's conversations, most recent first,
-// with the unread count and last message of each (limit 0: 100), and
-// whether there are more.
+// with the unread count, both read positions and the last message of each
+// (limit 0: 100), and whether there are more.
 func (s *Store) Inbox(ctx context.Context, user string, limit int) ([]Conversation, bool, error) {
 	if err := ValidateUser(user); err != nil {
 		return nil, false, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -360,12 +400,12 @@ func (s *Store) Inbox(ctx context.Context, user string, limit int) ([]Conversati
 		return nil, false, fmt.Errorf("%w: limit must be 1 to %d", ErrInvalid, MaxInboxSize)
 	}
 	res, err := inboxScript.Run(ctx, s.rdb, []string{s.keys.inbox(user), s.keys.unread(user)},
-		limit+1, s.keys.prefix).Slice()
+		limit+1, s.keys.prefix, user, s.keys.readPrefix()).Slice()
 	if err != nil {
 		return nil, false, fmt.Errorf("inbox %s: %w", user, err)
 	}
-	out := make([]Conversation, 0, len(res)/4)
-	for i := 0; i+3 < len(res); i += 4 {
+	out := make([]Conversation, 0, len(res)/6)
+	for i := 0; i+5 < len(res); i += 6 {
 		conv, _ := res[i].(string)
 		n, _ := res[i+1].(int64)
 		data, _ := res[i+2].(string)
@@ -373,7 +413,10 @@ func (s *Store) Inbox(ctx context.Context, user string, limit int) ([]Conversati
 		if !ok {
 			continue
 		}
-		c := Conversation{With: peer, Unread: s.count(conv, user, res[i+3])}
+		c := Conversation{With: peer}
+		c.Unread, _ = res[i+3].(int64)
+		c.Read, _ = res[i+4].(int64)
+		c.PeerRead, _ = res[i+5].(int64)
 		if m, err := decodeElement(conv, n, data); err != nil {
 			s.log.Warn("skipping malformed message", "conv", conv, "seq", n, "err", err)
 		} else {

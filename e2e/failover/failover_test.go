@@ -511,7 +511,7 @@ func verify(ctx context.Context, t *testing.T, rdb *redis.Client, chatters []*ch
 
 // checkUnread checks the unread counts of the users who were offline the
 // whole time: the hash field in Redis, then `ready` and `history` as the
-// user sees them, then that `history` reset the count.
+// user sees them, then that `read` resets the count.
 func checkUnread(ctx context.Context, t *testing.T, rdb *redis.Client, lb string, plan map[string]map[string]int, tokens map[string]string) bool {
 	t.Helper()
 	ok := true
@@ -545,8 +545,13 @@ func checkUnread(ctx context.Context, t *testing.T, rdb *redis.Client, lb string
 				t.Errorf("unread: history of %s with %s: unread %d and %d messages, want %d and %d", u, s, h.unreadCount, len(h.Messages), want, want)
 				ok = false
 			}
+			id = "r-" + s
+			if _, err := conn.request(ctx, id, map[string]any{"type": "read", "with": s, "id": id}, 5*time.Second); err != nil {
+				t.Errorf("unread: read of %s with %s: %v", u, s, err)
+				ok = false
+			}
 			if n, err := rdb.HGet(ctx, u, convKey(u, s)).Int(); err != nil && err != redis.Nil || n != 0 {
-				t.Errorf("unread: after history, HGET %s %s = %d (%v), want 0", u, convKey(u, s), n, err)
+				t.Errorf("unread: after read, HGET %s %s = %d (%v), want 0", u, convKey(u, s), n, err)
 				ok = false
 			}
 		}
