@@ -96,6 +96,8 @@ func (f *inFrame) field(key string) (uint16, any, string) {
 		return 1 << 5, &f.Before, "an integer"
 	case "limit":
 		return 1 << 6, &f.Limit, "an integer"
+	case "seq":
+		return 1 << 9, &f.Seq, "an integer"
 	case "users":
 		return 1 << 7, &f.Users, "a list of strings"
 	case "watch":

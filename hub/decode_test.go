@@ -111,3 +111,23 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeFrameKnowsEveryField: a field added to inFrame must be added
+// to inFrame.field too, or the decoder would ignore it.
+func TestDecodeFrameKnowsEveryField(t *testing.T) {
+	var f inFrame
+	typ := reflect.TypeOf(f)
+	bits := map[uint16]string{}
+	for i := range typ.NumField() {
+		key := strings.Split(typ.Field(i).Tag.Get("json"), ",")[0]
+		bit, dst, want := f.field(key)
+		if bit == 0 || dst == nil || want == "" {
+			t.Errorf("inFrame.%s (%q) is unknown to the decoder", typ.Field(i).Name, key)
+			continue
+		}
+		if other, dup := bits[bit]; dup {
+			t.Errorf("%q and %q share a bit", key, other)
+		}
+		bits[bit] = key
+	}
+}
