@@ -576,6 +576,17 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "history", err)
 		return
 	}
+	// Reading a conversation marks it read up to what it held, as the
+	// seed's msgread does, unless the client only peeks (catching up in
+	// the background). Unread in the reply is the count before.
+	if page.Unread > 0 && (f.Peek == nil || !*f.Peek) {
+		st, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, page.Read+page.Unread, c.id)
+		if err != nil {
+			c.storeFailed(id, "history", err)
+			return
+		}
+		page.Read = st.Read
+	}
 	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
 		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
 			Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More || cut}

@@ -98,6 +98,8 @@ func (f *inFrame) field(key string) (uint16, any, string) {
 		return 1 << 6, &f.Limit, "an integer"
 	case "seq":
 		return 1 << 9, &f.Seq, "an integer"
+	case "peek":
+		return 1 << 10, &f.Peek, "true or false"
 	case "users":
 		return 1 << 7, &f.Users, "a list of strings"
 	case "watch":

@@ -30,6 +30,7 @@ type inFrame struct {
 	Limit  *int     `json:"limit"`
 	Users  []string `json:"users"`
 	Watch  *bool    `json:"watch"`
+	Peek   *bool    `json:"peek"`
 }
 
 type readyFrame struct {

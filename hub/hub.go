@@ -379,7 +379,7 @@ func (h *Hub) Deliver(d store.Delivery) {
 			switch d.Kind {
 			case 't':
 				c.enqueueEphemeral(d.Frame, true)
-			case 'r':
+			case 'r', 'u':
 				c.enqueueEphemeral(d.Frame, false)
 			default:
 				it := outItem{frame: d.Frame}

@@ -70,19 +70,49 @@ func TestOfflineUnreadHistoryAndReceipt(t *testing.T) {
 		msgs[0].(map[string]any)["seq"] != 3.0 || msgs[1].(map[string]any)["text"] != "two" {
 		t.Fatalf("history = %v", h)
 	}
+	// Reading history marked the conversation read, as the seed's msgread
+	// does: the reply said what was unread before, the sender has a receipt.
+	if h["read"] != 3.0 {
+		t.Fatalf("history did not move the read position: %v", h)
+	}
+	rc := a.expect("receipt")
+	if rc["by"] != "43" || rc["with"] != "23" || rc["seq"] != 3.0 {
+		t.Fatalf("receipt = %v", rc)
+	}
 	h = c.call(map[string]any{"type": "history", "with": "23", "before": 2, "id": "h2"})
 	msgs, _ = h["messages"].([]any)
-	// Reading history marks nothing read.
-	if h["unread"] != 3.0 || h["more"] != false || len(msgs) != 1 || msgs[0].(map[string]any)["text"] != "one" {
+	if h["unread"] != 0.0 || h["more"] != false || len(msgs) != 1 || msgs[0].(map[string]any)["text"] != "one" {
 		t.Fatalf("second page = %v", h)
 	}
 	if rd := c.call(map[string]any{"type": "read", "with": "23", "id": "r"}); rd["type"] != "read" || rd["with"] != "23" ||
 		rd["read"] != 3.0 || rd["unread"] != 0.0 {
 		t.Fatalf("read reply = %v", rd)
 	}
-	rc := a.expect("receipt")
-	if rc["by"] != "43" || rc["with"] != "23" || rc["seq"] != 3.0 {
-		t.Fatalf("receipt = %v", rc)
+	if u := c.call(map[string]any{"type": "inbox", "id": "i2"}); u["conversations"].([]any)[0].(map[string]any)["unread"] != 0.0 {
+		t.Fatalf("inbox after history = %v", u)
+	}
+}
+
+// TestHistoryPeekMarksNothing: a client catching up in the background
+// peeks; the count stays for the user to see, on every device.
+func TestHistoryPeekMarksNothing(t *testing.T) {
+	t.Parallel()
+	r := newCluster(t).replica("a")
+	a := r.dial(t, "23")
+	b := r.dial(t, "43")
+	if f := a.call(map[string]any{"type": "send", "to": "43", "text": "hi", "id": "m"}); f["type"] != "sent" {
+		t.Fatalf("send: %v", f)
+	}
+	b.expect("message")
+	h := b.call(map[string]any{"type": "history", "with": "23", "peek": true, "id": "h"})
+	if h["unread"] != 1.0 || h["read"] != 0.0 || h["peer_read"] != 1.0 {
+		t.Fatalf("peek = %v", h)
+	}
+	a.quiet(200 * time.Millisecond) // no receipt
+	b3 := r.dialURL(t, r.wsURL("user=43"), nil)
+	b3.user = "43"
+	if u, _ := b3.expect("ready")["unread"].(map[string]any); u["23"] != 1.0 {
+		t.Fatalf("ready after a peek = %v", u)
 	}
 }
 

@@ -103,7 +103,7 @@ func TestLiveMessageIsUnreadAfterReload(t *testing.T) {
 			again, ready := r.connect(t, "43")
 			wantUnread(t, ready, map[string]float64{"23": 1})
 			wantRead(t, fmt.Sprintf("inbox on replica %d", i), again.conversation("23"), 1, 0, 1)
-			h := again.call(map[string]any{"type": "history", "with": "23", "id": "h"})
+			h := again.call(map[string]any{"type": "history", "with": "23", "peek": true, "id": "h"})
 			wantRead(t, "history", h, 1, 0, 1)
 		}
 		// The sender has read its own message.
@@ -171,7 +171,7 @@ func TestPeerReadPositionAfterReload(t *testing.T) {
 
 		me.leave()
 		me, _ = pick(rs, 1).connect(t, "23")
-		wantRead(t, "history after a reload", me.call(map[string]any{"type": "history", "with": "43", "id": "h"}), 0, 3, 2)
+		wantRead(t, "history after a reload", me.call(map[string]any{"type": "history", "with": "43", "peek": true, "id": "h"}), 0, 3, 2)
 		wantRead(t, "inbox after a reload", me.conversation("43"), 0, 3, 2)
 
 		// A read never moves back; a read of everything moves to the newest.
@@ -194,7 +194,7 @@ func TestPeerReadPositionAfterReload(t *testing.T) {
 		me.leave()
 		me, ready := pick(rs, 1).connect(t, "23")
 		wantUnread(t, ready, map[string]float64{"43": 1})
-		wantRead(t, "history after the reply", me.call(map[string]any{"type": "history", "with": "43", "id": "h"}), 1, 3, 4)
+		wantRead(t, "history after the reply", me.call(map[string]any{"type": "history", "with": "43", "peek": true, "id": "h"}), 1, 3, 4)
 	})
 }
 

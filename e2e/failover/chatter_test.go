@@ -276,7 +276,7 @@ func (c *chatter) catchUp(ctx context.Context, conn *wsConn, rid *int) error {
 			if before > 0 {
 				limit = min(max(before-1-have, 1), 200)
 			}
-			req := map[string]any{"type": "history", "with": e.With, "limit": limit, "id": id}
+			req := map[string]any{"type": "history", "with": e.With, "limit": limit, "peek": true, "id": id}
 			if before > 0 {
 				req["before"] = before
 			}
