@@ -120,6 +120,7 @@ func (r *replica) close() {
 	r.srv.Close()
 	r.stop()
 	<-r.done
+	r.store.Close()
 	r.rdb.Close()
 }
 

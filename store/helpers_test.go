@@ -80,6 +80,7 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 		cfg.Logger = slog.New(slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	f.s = New(r.Client, cfg)
+	t.Cleanup(f.s.Close)
 	return f
 }
 

@@ -2,23 +2,33 @@ package store
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
+
+// ErrClosed is returned by a send on a Store that has been closed.
+var ErrClosed = errors.New("store: closed")
 
 // batcher runs the send script for concurrent callers in shared pipelines:
 // while one pipeline is in flight, the sends that arrive queue up and go
 // out together in the next. A lone send goes out at once, so this adds no
 // delay; under load it saves a write and a read per message on both sides
 // of the connection. Each send is still one EVALSHA and one atomic script.
+//
+// One goroutine, started by the first send and stopped by close, runs the
+// pipelines; the queue is bounded (a caller waits for room, or for its
+// context).
 type batcher struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
 
-	mu       sync.Mutex
-	queue    []*batchCall
-	flushing bool // a flush goroutine is running; it ends when queue is empty
+	start   sync.Once
+	calls   chan *batchCall
+	quit    chan struct{} // closed by close
+	stopped chan struct{} // closed when the loop has ended
+	stop    sync.Once
 }
 
 // batchCall is one queued script call and, once done is closed, its reply.
@@ -31,46 +41,75 @@ type batchCall struct {
 	done chan struct{}
 }
 
-// maxBatch bounds one pipeline.
-const maxBatch = 256
+// maxBatch bounds one pipeline; queueLen bounds the calls waiting for one.
+const (
+	maxBatch = 256
+	queueLen = 4 * maxBatch
+)
+
+func newBatcher(rdb redis.UniversalClient, script *redis.Script) *batcher {
+	return &batcher{rdb: rdb, script: script, calls: make(chan *batchCall, queueLen),
+		quit: make(chan struct{}), stopped: make(chan struct{})}
+}
 
 // run queues one call and waits for its reply or for ctx.
 func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, error) {
+	b.start.Do(func() { go b.loop() })
 	c := &batchCall{ctx: ctx, keys: keys, args: args, done: make(chan struct{})}
-	b.mu.Lock()
-	b.queue = append(b.queue, c)
-	if !b.flushing {
-		b.flushing = true
-		go b.flush()
+	select {
+	case b.calls <- c:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.quit:
+		return nil, ErrClosed
 	}
-	b.mu.Unlock()
 	select {
 	case <-c.done:
 		return c.res, c.err
 	case <-ctx.Done():
 		// The call may still run; its idempotency key makes a retry safe.
 		return nil, ctx.Err()
+	case <-b.stopped:
+		select {
+		case <-c.done:
+			return c.res, c.err
+		default:
+			return nil, ErrClosed
+		}
 	}
 }
 
-// flush sends queued calls, a pipeline at a time, until none are left.
-func (b *batcher) flush() {
+// loop sends the queued calls, a pipeline at a time, until close.
+func (b *batcher) loop() {
+	defer close(b.stopped)
+	batch := make([]*batchCall, 0, maxBatch)
 	for {
-		b.mu.Lock()
-		n := min(len(b.queue), maxBatch)
-		if n == 0 {
-			b.flushing = false
-			b.mu.Unlock()
+		select {
+		case <-b.quit:
 			return
+		case c := <-b.calls:
+			batch = append(batch[:0], c)
 		}
-		batch := b.queue[:n:n]
-		b.queue = b.queue[n:]
-		if len(b.queue) == 0 {
-			b.queue = nil
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case c := <-b.calls:
+				batch = append(batch, c)
+			default:
+				break more
+			}
 		}
-		b.mu.Unlock()
 		b.exec(batch)
+		clear(batch)
 	}
+}
+
+// close stops the loop after the pipeline in flight; calls still queued
+// fail with ErrClosed. It returns when the loop has ended.
+func (b *batcher) close() {
+	b.stop.Do(func() { close(b.quit) })
+	b.start.Do(func() { close(b.stopped) }) // no loop was started: none will be
+	<-b.stopped
 }
 
 func (b *batcher) exec(batch []*batchCall) {

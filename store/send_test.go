@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -412,5 +413,25 @@ func TestSendToSelf(t *testing.T) {
 	wantSeqs(t, page.Messages, 2, 1)
 	if un, err := f.s.Unread(f.ctx, "23"); err != nil || len(un) != 0 {
 		t.Fatalf("Unread(23) = %v, %v; want none", un, err)
+	}
+}
+
+// TestCloseEndsThePipeline: Close stops the goroutine that pipelines sends,
+// and a send after Close fails instead of waiting.
+func TestCloseEndsThePipeline(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	if _, _, err := f.s.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	f.s.Close()
+	f.s.Close() // twice is fine
+	if _, _, err := f.s.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "after"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("send after Close: %v, want ErrClosed", err)
+	}
+	closed := New(f.r.Client, Config{Prefix: f.r.Prefix})
+	closed.Close() // never sent: nothing to wait for
+	if _, _, err := closed.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "x"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("send on a Store closed before its first send: %v, want ErrClosed", err)
 	}
 }

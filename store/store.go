@@ -101,9 +101,14 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 		idemMS: cfg.IdempotencyTTL.Milliseconds(),
 		now:    cfg.Now,
 		log:    cfg.Logger,
-		sends:  &batcher{rdb: rdb, script: sendScript},
+		sends:  newBatcher(rdb, sendScript),
 	}
 }
+
+// Close stops the goroutine that pipelines sends, after the pipeline in
+// flight; a send after Close fails with ErrClosed. It does not close the
+// Redis client, which the caller owns. It is safe to call more than once.
+func (s *Store) Close() { s.sends.close() }
 
 // Ping reports whether Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

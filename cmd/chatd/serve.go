@@ -94,6 +94,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	rdb.AddHook(latencyHook{metrics.RedisLatency})
 
 	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log})
+	defer st.Close()
 	resync := make(chan struct{}, 1)
 	kickResync := func() {
 		select {
