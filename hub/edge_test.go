@@ -431,3 +431,26 @@ func killPubSub(t *testing.T, r *redistest.Redis, rep *replica) {
 		t.Fatalf("no pub/sub connection named %s in %s", name, list)
 	}
 }
+
+// TestResyncRegistersPresenceFirst: when the pub/sub link comes back (or a
+// heartbeat finds the replica's entries lapsed), the replica writes its
+// presence entries again before it tells its sockets to resync, so a
+// message sent after the resync is routed to them live. This is the path
+// production runs (Hub.Run), here with entries lost as in a Redis restart.
+func TestResyncRegistersPresenceFirst(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	ra, rb := cl.replica("a"), cl.replica("b")
+	c := ra.dial(t, "23")
+	sender := rb.dial(t, "43")
+	p := cl.redis.Prefix
+	if err := cl.redis.Client.Del(t.Context(), p+"chat:presence:23", p+"chat:presence-index").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ra.hub.Resync()
+	c.expect("resync")
+	sender.call(map[string]any{"type": "send", "to": "23", "text": "after the resync", "id": "s"})
+	if m := msgOf(c.expect("message")); m["text"] != "after the resync" {
+		t.Fatalf("got %v", m)
+	}
+}

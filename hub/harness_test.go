@@ -74,8 +74,9 @@ func (cl *cluster) replica(name string, opts ...option) *replica {
 	rdb := redis.NewClient(opt)
 	var tr *presence.Tracker
 	st := store.New(rdb, store.Config{Prefix: cl.redis.Prefix, Now: cl.clock.Now, Logger: log})
+	var h *hub.Hub // as in cmd/chatd: the tracker's lapses go to the hub
 	tr, err = presence.New(presence.Config{Backend: st, Replica: name, Now: cl.clock.Now, Logger: log,
-		ReapInterval: 50 * time.Millisecond, Heartbeat: time.Hour})
+		ReapInterval: 50 * time.Millisecond, Heartbeat: time.Hour, OnLapse: func() { h.RequestResync() }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,15 +86,16 @@ func (cl *cluster) replica(name string, opts ...option) *replica {
 		o(&cfg, &secret)
 	}
 	cfg.Auth = auth.New(secret, store.ValidateUser)
-	h := hub.New(cfg)
+	h = hub.New(cfg)
 	r := &replica{name: name, hub: h, store: st, tracker: tr, rdb: rdb, done: make(chan struct{})}
 	r.sub = st.Subscribe(name, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = cancel
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); _ = r.sub.Run(ctx) }()
 	go func() { defer wg.Done(); _ = tr.Run(ctx) }()
+	go func() { defer wg.Done(); _ = h.Run(ctx) }()
 	go func() { wg.Wait(); close(r.done) }()
 	select {
 	case <-r.sub.Ready():

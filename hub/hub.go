@@ -57,6 +57,9 @@ type Presence interface {
 	Remove(ctx context.Context, user, member string) error
 	// Online reports whether each user has a live socket on any replica.
 	Online(ctx context.Context, users []string) (map[string]bool, error)
+	// Refresh writes all of this replica's entries again and reports
+	// whether any had lapsed.
+	Refresh(ctx context.Context) (lapsed bool, err error)
 }
 
 // Authenticator names the user of an upgrade request (auth.Verifier). It
@@ -141,6 +144,7 @@ type Hub struct {
 
 	draining atomic.Bool
 	wg       sync.WaitGroup
+	resync   chan struct{} // a pending resync request for Run
 }
 
 // New returns a Hub.
@@ -199,6 +203,7 @@ func New(cfg Config) *Hub {
 		connects: newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
 		users:    map[string]map[*conn]struct{}{},
 		watchers: map[string]map[*conn]struct{}{},
+		resync:   make(chan struct{}, 1),
 	}
 }
 
@@ -403,18 +408,6 @@ func (h *Hub) PresenceChanged(user string, online bool) {
 	for c := range h.watchers[user] {
 		c.pushPresence(user, online, f)
 	}
-}
-
-// Resync tells every local socket that live delivery may have had a gap.
-func (h *Hub) Resync() {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	for _, set := range h.users {
-		for c := range set {
-			c.enqueue(outItem{frame: resyncFrame})
-		}
-	}
-	h.log.Warn("pub/sub link was restored: told every socket to resync", "sockets", h.count)
 }
 
 // Len returns the number of live sockets.

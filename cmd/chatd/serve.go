@@ -91,30 +91,26 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	}
 	defer stopRedis()
 	defer rdb.Close()
-	rdb.AddHook(latencyHook{metrics.RedisLatency})
+	rdb.AddHook(store.LatencyHook(func(cmd string, d time.Duration) {
+		metrics.RedisLatency.WithLabelValues(cmd).Observe(d.Seconds())
+	}))
 
 	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log})
 	defer st.Close()
-	resync := make(chan struct{}, 1)
-	kickResync := func() {
-		select {
-		case resync <- struct{}{}:
-		default: // one is pending already
-		}
-	}
+	var h *hub.Hub // the tracker's lapses go to the hub, which needs the tracker
 	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL,
-		Logger: log, OnLapse: kickResync})
+		Logger: log, OnLapse: func() { h.RequestResync() }})
 	if err != nil {
 		return err
 	}
 	verifier := auth.New(cfg.secret, store.ValidateUser)
-	h := hub.New(hub.Config{
+	h = hub.New(hub.Config{
 		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
 		QueueSize: cfg.queue, QueueBytes: cfg.queueBytes, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,
 		MaxConns: cfg.maxConns, MaxConnsPerUser: cfg.maxPerUser,
 		ConnectRate: rate.Limit(cfg.connRate), ConnectBurst: cfg.connBurst, Metrics: metrics, Logger: log,
 	})
-	sub := st.Subscribe(cfg.replica, resyncSignal{h, metrics, kickResync})
+	sub := st.Subscribe(cfg.replica, h)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -145,7 +141,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	var wg sync.WaitGroup
 	defer func() { stopBG(); wg.Wait() }()
 	wg.Add(4)
-	go func() { defer wg.Done(); resyncLoop(bg, resync, tracker, h, log) }()
+	go func() { defer wg.Done(); _ = h.Run(bg) }()
 	go func() {
 		defer wg.Done()
 		if err := sub.Run(bg); err != nil {
@@ -153,7 +149,10 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		}
 	}()
 	go func() { defer wg.Done(); _ = tracker.Run(bg) }()
-	go func() { defer wg.Done(); canaryLoop(bg, sub, metrics, log) }()
+	go func() {
+		defer wg.Done()
+		sub.RunCanary(bg, canaryInterval, func(rtt time.Duration) { metrics.CanaryRTT.Observe(rtt.Seconds()) })
+	}()
 
 	select {
 	case <-sub.Ready():
@@ -287,77 +286,6 @@ func notReady(ctx context.Context, h *hub.Hub, st *store.Store, sub *store.Subsc
 	return ""
 }
 
-// canaryLoop proves the pub/sub link every canaryInterval.
-func canaryLoop(ctx context.Context, sub *store.Subscriber, m *hub.Metrics, log *slog.Logger) {
-	select {
-	case <-sub.Ready():
-	case <-ctx.Done():
-		return
-	}
-	t := time.NewTicker(canaryInterval)
-	defer t.Stop()
-	for {
-		cctx, cancel := context.WithTimeout(ctx, canaryInterval)
-		rtt, err := sub.Canary(cctx)
-		cancel()
-		if err == nil {
-			m.CanaryRTT.Observe(rtt.Seconds())
-		} else if ctx.Err() == nil {
-			log.Warn("pub/sub canary did not come back", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// resyncSignal hands pub/sub events to the hub, except Resync, which it
-// passes on to resyncLoop without blocking the subscriber.
-type resyncSignal struct {
-	*hub.Hub
-	m    *hub.Metrics
-	kick func()
-}
-
-// Resync counts a restored pub/sub link and hands it to resyncLoop.
-func (r resyncSignal) Resync() {
-	r.m.PubSubRestarts.Inc()
-	r.kick()
-}
-
-// resyncLoop answers a restored pub/sub link, or a heartbeat that found
-// this replica's presence entries lapsed: it first writes the entries
-// again (a restarted Redis has lost them, and without them nothing is
-// routed here), retrying until Redis takes them, and only then tells every
-// socket to catch up, so that anything stored after the resync is
-// delivered live.
-func resyncLoop(ctx context.Context, kick <-chan struct{}, tr *presence.Tracker, h *hub.Hub, log *slog.Logger) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-kick:
-		}
-		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-			if _, err := tr.Refresh(ctx); err == nil {
-				break
-			} else if ctx.Err() != nil {
-				return
-			} else {
-				log.Warn("re-registering presence before resync failed; retrying", "err", err, "in", wait)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-		}
-		h.Resync()
-	}
-}
-
 // openRedis connects to url, or starts an embedded in-memory Redis when url
 // is empty. Its connections are named client (CLIENT LIST shows it). It
 // returns a name for the log without credentials.
@@ -404,39 +332,4 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 		name = url[:i] + "://" + name
 	}
 	return redis.NewClient(opt), name, func() {}, nil
-}
-
-// latencyHook times every Redis command into a histogram.
-type latencyHook struct{ h *prometheus.HistogramVec }
-
-// DialHook leaves dialing as it is.
-func (latencyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-// ProcessHook times one command.
-func (l latencyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		start := time.Now()
-		err := next(ctx, cmd)
-		l.h.WithLabelValues(commandLabel(cmd.Name())).Observe(time.Since(start).Seconds())
-		return err
-	}
-}
-
-// ProcessPipelineHook times one pipeline as a whole.
-func (l latencyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		start := time.Now()
-		err := next(ctx, cmds)
-		l.h.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
-		return err
-	}
-}
-
-// commandLabel keeps the label set small and fixed.
-func commandLabel(name string) string {
-	switch name {
-	case "evalsha", "eval", "ping", "publish", "hgetall", "script":
-		return name
-	}
-	return "other"
 }
