@@ -587,7 +587,7 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		}
 		page.Read = st.Read
 	}
-	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
+	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
 		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
 			Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More || cut}
 	})})
@@ -627,7 +627,7 @@ func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "inbox", err)
 		return
 	}
-	c.enqueue(outItem{frame: encodeCut(len(convs), c.h.cfg.QueueBytes/4, func(k int, cut bool) any {
+	c.enqueue(outItem{frame: encodeCut(len(convs), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
 		return inboxFrame{Type: "inbox", ID: id, Conversations: convs[:k], More: more || cut}
 	})})
 }

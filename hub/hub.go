@@ -91,7 +91,7 @@ type Config struct {
 	// (slow consumer). Frames that other users cause and that may be lost
 	// (typing, pushed presence, read receipts) are dropped instead while the
 	// queue is over half of either bound. Defaults: 1024 frames, 1 MiB.
-	// History and inbox replies are cut to fit in a quarter of QueueBytes.
+	// History and inbox replies are cut to fit in half of QueueBytes.
 	QueueSize  int
 	QueueBytes int
 	// MaxFrameBytes is the largest client frame; a larger one closes the

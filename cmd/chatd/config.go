@@ -97,7 +97,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.Float64Var(&c.connRate, "connect-rate", flt("CHAT_CONNECT_RATE", 10), "sockets per second one user may open on this replica, sustained; more are answered 429 (env CHAT_CONNECT_RATE)")
 	fs.IntVar(&c.connBurst, "connect-burst", num("CHAT_CONNECT_BURST", 20), "sockets one user may open on this replica in a burst (env CHAT_CONNECT_BURST)")
 	fs.IntVar(&c.queue, "queue", num("CHAT_QUEUE", 1024), "outbound frames queued per socket before it is closed as a slow consumer (env CHAT_QUEUE)")
-	fs.IntVar(&c.queueBytes, "queue-bytes", num("CHAT_QUEUE_BYTES", 1<<20), "outbound `bytes` queued per socket before it is closed as a slow consumer; history and inbox replies are cut to a quarter of it (env CHAT_QUEUE_BYTES)")
+	fs.IntVar(&c.queueBytes, "queue-bytes", num("CHAT_QUEUE_BYTES", 1<<20), "outbound `bytes` queued per socket before it is closed as a slow consumer; history and inbox replies are cut to half of it (env CHAT_QUEUE_BYTES)")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", dur("CHAT_PRESENCE_TTL", 25*time.Second), "how long a replica's sockets stay online after it stops heartbeating (env CHAT_PRESENCE_TTL)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", dur("CHAT_IDLE_TIMEOUT", time.Minute), "close a keep-alive HTTP connection idle this long; WebSockets are not affected (env CHAT_IDLE_TIMEOUT)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", env("CHAT_METRICS_ADDR", ""), "serve /metrics on this `host:port` only, not on -addr (keep it private; empty: /metrics on -addr) (env CHAT_METRICS_ADDR)")
@@ -145,7 +145,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return c, errors.New("-rate, -burst, -max-conns, -max-conns-per-user, -connect-rate, -connect-burst and -queue must be positive")
 	}
 	if c.queueBytes < 64<<10 {
-		return c, errors.New("-queue-bytes must be at least 65536: a reply of one 4096-byte text, escaped, must fit in a quarter of it")
+		return c, errors.New("-queue-bytes must be at least 65536: a reply of one 4096-byte text, escaped, must fit in half of it")
 	}
 	return c, nil
 }
