@@ -474,7 +474,7 @@ function renderList() {
 
 function statusOf(item, conv) {
   if (item.pending) return item.pending.state; // queued, sending, failed
-  return item.m.seq <= conv.readSeq ? "read" : "sent";
+  return item.m.seq <= conv.peerRead ? "read" : "sent";
 }
 
 const STATUS = {
