@@ -1123,3 +1123,66 @@ test("two tabs of one browser keep two users", { timeout: 60000 }, async () => {
   for (const name of ["331-tab", "332-tab", "new-tab"]) delete pages[name];
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });
+
+/** setVisible makes the page believe it is shown or hidden (as when another tab is in front). */
+function setVisible(page, visible) {
+  return page.evaluate((visible) => {
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (visible ? "visible" : "hidden") });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, visible);
+}
+
+test("catching up a conversation nobody is looking at leaves it unread", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "342-device");
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "341-desktop");
+  // Stand between the page and the server to lose one message on the way, so that the page must
+  // fetch it from history.
+  let drop = false;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      if (drop && JSON.parse(msg).type === "message") {
+        drop = false;
+        return;
+      }
+      ws.send(msg);
+    });
+  });
+  await page.goto(`${base}/#user=341`);
+  await page.locator(tid("app")).waitFor();
+  await device(helper, "342", [{ type: "send", to: "341", text: "Before the gap" }]);
+  await waitFor("a badge of 1 for 342", async () => [(await unreadOf(page, "342")) === "1", await unreadOf(page, "342")]);
+  await convItem(page, "342").click();
+  await waitFor("the badge to clear", async () => [(await unreadOf(page, "342")) === "", await unreadOf(page, "342")]);
+  const unreadOnServer = async () => {
+    const [inbox] = await device(helper, "341", [{ type: "inbox" }]);
+    return inbox.conversations.find((c) => c.with === "342")?.unread;
+  };
+  await waitFor("the server to count it read", async () => [(await unreadOnServer()) === 0]);
+
+  // The tab goes to the background with the conversation still open; one message is lost on the way.
+  await setVisible(page, false);
+  drop = true;
+  await device(helper, "342", [
+    { type: "send", to: "341", text: "Lost on the way" },
+    { type: "send", to: "341", text: "After the gap" },
+  ]);
+  await waitFor("the page to fetch the lost message", async () => {
+    const m = await messages(page);
+    return [m.map((x) => x.text).join() === "Before the gap,Lost on the way,After the gap", m];
+  });
+  assert.equal(drop, false, "a message was lost on the way");
+  await waitFor("a badge of 2 in the background tab", async () => [(await unreadOf(page, "342")) === "2", await unreadOf(page, "342")]);
+  await stays("the badge in the background tab", () => unreadOf(page, "342"), "2", 600);
+  assert.equal(await unreadOnServer(), 2, "catching up marked nothing read");
+  await shot(page, "background-catch-up");
+
+  // Back in front: now they are read, here and on the server.
+  await setVisible(page, true);
+  await waitFor("the badge to clear when the tab is in front", async () => [(await unreadOf(page, "342")) === "", await unreadOf(page, "342")]);
+  await waitFor("the server to count them read", async () => [(await unreadOnServer()) === 0]);
+  await closePage(page, "341-desktop");
+  await closePage(helper, "342-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
