@@ -860,3 +860,329 @@ test("a socket whose token expires is closed and the page shows sign-in", { time
   }
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });
+
+// ---------- read positions: badges and read marks come from the server ----------
+
+/**
+ * device connects as `user` over a WebSocket of its own, from a helper page, and sends `frames` one by
+ * one, each waiting for its reply: another device of that user, or the other person, without a page.
+ * Resolves to the replies.
+ */
+async function device(helper, user, frames) {
+  return helper.evaluate(async ({ user, frames }) => {
+    const ws = new WebSocket(`ws://${location.host}/ws?user=${user}`);
+    const waiting = new Map();
+    await new Promise((resolve, reject) => {
+      ws.onerror = () => reject(new Error("device socket failed"));
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.type === "ready") resolve();
+        const w = waiting.get(f.id);
+        if (w) {
+          waiting.delete(f.id);
+          w(f);
+        }
+      };
+    });
+    const replies = [];
+    for (const [i, frame] of frames.entries()) {
+      const id = `device-${user}-${Date.now()}-${i}`;
+      const reply = await new Promise((resolve) => {
+        waiting.set(id, resolve);
+        ws.send(JSON.stringify({ ...frame, id }));
+      });
+      if (reply.type === "error") throw new Error(`device ${user}: ${JSON.stringify(reply)}`);
+      replies.push(reply);
+    }
+    ws.close(1000);
+    return replies;
+  }, { user, frames });
+}
+
+async function helperPage(base, name) {
+  const helper = await newPage(await browser.newContext(), name);
+  await helper.goto(`${base}/icon.svg`);
+  return helper;
+}
+
+async function closePage(page, name) {
+  await page.context().close();
+  delete pages[name];
+}
+
+/** sideBySide saves one screenshot of several pages next to each other, each with a caption. */
+async function sideBySide(name, parts) {
+  const figures = [];
+  for (const { page, label } of parts) {
+    const png = (await page.screenshot()).toString("base64");
+    figures.push(`<figure><figcaption>${label}</figcaption><img src="data:image/png;base64,${png}"></figure>`);
+  }
+  const board = await browser.newPage({ viewport: { width: 1300, height: 100 } });
+  await board.setContent(`<style>body{margin:0;padding:6px;display:flex;gap:8px;background:#555;font:14px sans-serif}
+    figure{margin:0}figcaption{color:#fff;padding:2px 0 4px}img{width:636px;display:block}</style>${figures.join("")}`);
+  await board.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+  await board.close();
+}
+
+async function signedInAs(page) {
+  await page.locator(tid("app")).waitFor();
+  return (await page.locator(tid("me")).textContent()).trim();
+}
+
+/** stays asserts that `read` keeps returning `want` for `ms` (a count must not drift afterwards). */
+async function stays(what, read, want, ms = 1200) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    assert.equal(await read(), want, what);
+    await sleep(100);
+  }
+}
+
+test("a badge counts what came while another conversation was open, through a reconnect and a reload", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "302-device");
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "301-desktop");
+  let route = null;
+  let ready = 0;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    route = ws;
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      if (isReady(msg)) ready++;
+      ws.send(msg);
+    });
+  });
+  await page.goto(`${base}/#user=301`);
+  await page.locator(tid("new-chat-input")).fill("303");
+  await page.locator(tid("new-chat-input")).press("Enter");
+  await waitFor("the conversation with 303 to load", async () => [/No messages yet/.test(await page.locator(tid("history-note")).textContent())]);
+
+  await device(helper, "302", [{ type: "send", to: "301", text: "Are you there, 301?" }]);
+  await waitFor("a badge of 1 for 302", async () => [(await unreadOf(page, "302")) === "1", await unreadOf(page, "302")]);
+  assert.equal(await page.title(), "(1) chatd");
+
+  // The server's count after the reconnect includes the message that came live: it replaces, not adds.
+  await route.close({ code: 1012, reason: "service restart" });
+  await waitFor("the page to connect again", async () => [ready === 2, ready]);
+  await stays("the badge after the reconnect", () => unreadOf(page, "302"), "1");
+
+  await page.reload();
+  await page.locator(tid("app")).waitFor();
+  await waitFor("the badge to be there after the reload", async () => [(await unreadOf(page, "302")) === "1", await unreadOf(page, "302")]);
+  await stays("the badge after the reload", () => unreadOf(page, "302"), "1");
+  assert.equal(await page.title(), "(1) chatd");
+  // Looking at another conversation leaves it as it is.
+  await page.locator(tid("new-chat-input")).fill("303");
+  await page.locator(tid("new-chat-input")).press("Enter");
+  await waitFor("the conversation with 303 to load", async () => [/No messages yet/.test(await page.locator(tid("history-note")).textContent())]);
+  await stays("the badge with another conversation open", () => unreadOf(page, "302"), "1", 500);
+  await shot(page, "badge-after-reload");
+  const [inbox] = await device(helper, "301", [{ type: "inbox" }]);
+  assert.equal(inbox.conversations.find((c) => c.with === "302")?.unread, 1, "loading the page marked nothing read");
+
+  // Opening it reads it, on the server too.
+  await convItem(page, "302").click();
+  await waitFor("the badge to clear once the conversation is open", async () => [(await unreadOf(page, "302")) === "", await unreadOf(page, "302")]);
+  await waitFor("the server to count it read", async () => {
+    const [again] = await device(helper, "301", [{ type: "inbox" }]);
+    const c = again.conversations.find((x) => x.with === "302");
+    return [c.unread === 0 && c.read === 1, c];
+  });
+  await closePage(page, "301-desktop");
+  await closePage(helper, "302-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("a read in one tab or device clears the badge in the other tabs", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "312-device");
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const tabA = await newPage(context, "311-tab-a");
+  await tabA.goto(`${base}/#user=311`);
+  assert.equal(await signedInAs(tabA), "311");
+  const tabB = await newPage(context, "311-tab-b");
+  await tabB.goto(`${base}/#user=311`);
+  assert.equal(await signedInAs(tabB), "311");
+
+  await device(helper, "312", [1, 2, 3].map((i) => ({ type: "send", to: "311", text: `Unread ${i}` })));
+  for (const tab of [tabA, tabB]) {
+    await waitFor("a badge of 3 in both tabs", async () => [(await unreadOf(tab, "312")) === "3", await unreadOf(tab, "312")]);
+  }
+
+  // Another device of 311 reads the first two: the badge follows the server's count, 1.
+  await device(helper, "311", [{ type: "read", with: "312", seq: 2 }]);
+  for (const tab of [tabA, tabB]) {
+    await waitFor("the badge to drop to 1 in both tabs", async () => [(await unreadOf(tab, "312")) === "1", await unreadOf(tab, "312")]);
+  }
+
+  // Tab B opens the conversation: tab A's badge clears, with no reload.
+  await convItem(tabB, "312").click();
+  await waitFor("tab B to show the messages", async () => [(await messages(tabB)).length === 3, await messages(tabB)]);
+  await waitFor("tab A's badge to clear", async () => [(await unreadOf(tabA, "312")) === "", await unreadOf(tabA, "312")]);
+  assert.equal(await unreadOf(tabB, "312"), "");
+  assert.equal(await tabA.title(), "chatd");
+  await sideBySide("read-other-tab", [
+    { page: tabA, label: "Tab A (311): no badge for 312 any more" },
+    { page: tabB, label: "Tab B (311): read the conversation with 312" },
+  ]);
+
+  // A new message while tab B looks at the conversation: tab A counts it, then B's read clears it.
+  await device(helper, "312", [{ type: "send", to: "311", text: "One more" }]);
+  await waitFor("tab B to show the new message", async () => [(await messages(tabB)).length === 4, await messages(tabB)]);
+  await waitFor("tab A's badge to clear again", async () => [(await unreadOf(tabA, "312")) === "", await unreadOf(tabA, "312")]);
+  await tabA.reload();
+  await tabA.locator(tid("app")).waitFor();
+  await convItem(tabA, "312").waitFor();
+  await stays("tab A's badge after a reload", () => unreadOf(tabA, "312"), "");
+  await context.close();
+  delete pages["311-tab-a"];
+  delete pages["311-tab-b"];
+  await closePage(helper, "312-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("read marks survive a reload", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "322-device");
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "321-desktop");
+  await page.goto(`${base}/#user=321`);
+  await page.locator(tid("new-chat-input")).fill("322");
+  await page.locator(tid("new-chat-input")).press("Enter");
+  await waitFor("the empty conversation to load", async () => [/No messages yet/.test(await page.locator(tid("history-note")).textContent())]);
+  await sendAndWait(page, "First from 321");
+  await sendAndWait(page, "Second from 321");
+  const states = async () => (await messages(page)).map((m) => `${m.seq}:${m.from}:${m.state}`);
+
+  await device(helper, "322", [{ type: "read", with: "321" }]);
+  await waitFor("both to show as read", async () => [(await states()).join() === "1:321:read,2:321:read", await states()]);
+  await sendAndWait(page, "Third from 321");
+  // An answer reads what came before it: no receipt needed.
+  await device(helper, "322", [{ type: "send", to: "321", text: "Answer from 322" }]);
+  await waitFor("the answer to mark the third read", async () => [
+    (await states()).join() === "1:321:read,2:321:read,3:321:read,4:322:", await states()]);
+  await sendAndWait(page, "Fourth from 321, not read yet");
+  const want = "1:321:read,2:321:read,3:321:read,4:322:,5:321:sent";
+  assert.equal((await states()).join(), want);
+
+  await page.reload();
+  await page.locator(tid("app")).waitFor();
+  await convItem(page, "322").click();
+  await waitFor("the same marks after the reload", async () => [(await states()).join() === want, await states()]);
+  await stays("the marks after the reload", async () => (await states()).join(), want, 600);
+  await shot(page, "ticks-after-reload");
+
+  // And live again: 322 reads the fourth.
+  await device(helper, "322", [{ type: "read", with: "321" }]);
+  await waitFor("the fourth to show as read", async () => [(await states()).join() === want.replace(/sent$/, "read"), await states()]);
+  await closePage(page, "321-desktop");
+  await closePage(helper, "322-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("two tabs of one browser keep two users", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // The page remembers its user once connected; the last one connected is the one for new tabs.
+  const lastConnected = (page) => page.evaluate(() => localStorage.getItem("chatd.user"));
+  const tab1 = await newPage(context, "331-tab");
+  await tab1.goto(`${base}/#user=331`);
+  assert.equal(await signedInAs(tab1), "331");
+  await waitFor("tab 1 to be connected", async () => [(await lastConnected(tab1)) === "331"]);
+  const tab2 = await newPage(context, "332-tab");
+  await tab2.goto(`${base}/#user=332`);
+  assert.equal(await signedInAs(tab2), "332");
+  await waitFor("tab 2 to be connected", async () => [(await lastConnected(tab2)) === "332"]);
+
+  await tab2.reload();
+  assert.equal(await signedInAs(tab2), "332", "tab 2 is still 332 after a reload");
+  await tab1.reload();
+  assert.equal(await signedInAs(tab1), "331", "tab 1 is still 331 after a reload");
+
+  // They are two people: one writes, the other gets it.
+  await tab1.locator(tid("new-chat-input")).fill("332");
+  await tab1.locator(tid("new-chat-input")).press("Enter");
+  await sendAndWait(tab1, "Hello from the tab next door");
+  await waitFor("tab 2 to get it as 332", async () => [(await unreadOf(tab2, "331")) === "1", await unreadOf(tab2, "331")]);
+  await sideBySide("two-tabs", [
+    { page: tab1, label: "Tab 1 after a reload: 331" },
+    { page: tab2, label: "Tab 2 after a reload: 332" },
+  ]);
+
+  // A new tab starts as the user of the tab loaded last; signing out there leaves the others signed in.
+  const tab3 = await newPage(context, "new-tab");
+  await tab3.goto(base);
+  assert.equal(await signedInAs(tab3), "331", "a new tab starts as the last user");
+  await tab3.locator(tid("signout")).click();
+  await tab3.locator(tid("signin-form")).waitFor();
+  await tab3.reload();
+  await tab3.locator(tid("signin-form")).waitFor();
+  assert.equal(await tab3.locator(tid("app")).isVisible(), false, "a signed-out tab stays signed out");
+  await tab2.reload();
+  assert.equal(await signedInAs(tab2), "332", "the other tabs stay signed in");
+  await context.close();
+  for (const name of ["331-tab", "332-tab", "new-tab"]) delete pages[name];
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+/** setVisible makes the page believe it is shown or hidden (as when another tab is in front). */
+function setVisible(page, visible) {
+  return page.evaluate((visible) => {
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (visible ? "visible" : "hidden") });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, visible);
+}
+
+test("catching up a conversation nobody is looking at leaves it unread", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "342-device");
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "341-desktop");
+  // Stand between the page and the server to lose one message on the way, so that the page must
+  // fetch it from history.
+  let drop = false;
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      if (drop && JSON.parse(msg).type === "message") {
+        drop = false;
+        return;
+      }
+      ws.send(msg);
+    });
+  });
+  await page.goto(`${base}/#user=341`);
+  await page.locator(tid("app")).waitFor();
+  await device(helper, "342", [{ type: "send", to: "341", text: "Before the gap" }]);
+  await waitFor("a badge of 1 for 342", async () => [(await unreadOf(page, "342")) === "1", await unreadOf(page, "342")]);
+  await convItem(page, "342").click();
+  await waitFor("the badge to clear", async () => [(await unreadOf(page, "342")) === "", await unreadOf(page, "342")]);
+  const unreadOnServer = async () => {
+    const [inbox] = await device(helper, "341", [{ type: "inbox" }]);
+    return inbox.conversations.find((c) => c.with === "342")?.unread;
+  };
+  await waitFor("the server to count it read", async () => [(await unreadOnServer()) === 0]);
+
+  // The tab goes to the background with the conversation still open; one message is lost on the way.
+  await setVisible(page, false);
+  drop = true;
+  await device(helper, "342", [
+    { type: "send", to: "341", text: "Lost on the way" },
+    { type: "send", to: "341", text: "After the gap" },
+  ]);
+  await waitFor("the page to fetch the lost message", async () => {
+    const m = await messages(page);
+    return [m.map((x) => x.text).join() === "Before the gap,Lost on the way,After the gap", m];
+  });
+  assert.equal(drop, false, "a message was lost on the way");
+  await waitFor("a badge of 2 in the background tab", async () => [(await unreadOf(page, "342")) === "2", await unreadOf(page, "342")]);
+  await stays("the badge in the background tab", () => unreadOf(page, "342"), "2", 600);
+  assert.equal(await unreadOnServer(), 2, "catching up marked nothing read");
+  await shot(page, "background-catch-up");
+
+  // Back in front: now they are read, here and on the server.
+  await setVisible(page, true);
+  await waitFor("the badge to clear when the tab is in front", async () => [(await unreadOf(page, "342")) === "", await unreadOf(page, "342")]);
+  await waitFor("the server to count them read", async () => [(await unreadOnServer()) === 0]);
+  await closePage(page, "341-desktop");
+  await closePage(helper, "342-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});

@@ -82,17 +82,29 @@ function reorder(parent, nodes) {
   }
 }
 
-// ---------- storage (localStorage may be unavailable) ----------
+// ---------- storage (either may be unavailable) ----------
+// Who is signed in is kept per tab (sessionStorage: it survives a reload and is not shared with other
+// tabs), so two tabs can be two people. The last one to sign in anywhere is also kept in localStorage:
+// a brand-new tab starts as that person.
 
 function load(key) {
-  try { return localStorage.getItem(key) || ""; } catch { return ""; }
+  for (const store of ["sessionStorage", "localStorage"]) {
+    try {
+      const value = window[store].getItem(key);
+      if (value != null) return value;
+    } catch { /* private mode: nothing is remembered */ }
+  }
+  return "";
 }
 
 function save(key, value) {
-  try {
-    if (value) localStorage.setItem(key, value);
-    else localStorage.removeItem(key);
-  } catch { /* private mode: nothing is remembered */ }
+  for (const store of ["sessionStorage", "localStorage"]) {
+    try {
+      // This tab keeps "" too: signed out here means signed out here, whoever the other tabs are.
+      if (value || store === "sessionStorage") window[store].setItem(key, value);
+      else window[store].removeItem(key);
+    } catch { /* private mode: nothing is remembered */ }
+  }
 }
 
 // ---------- sign in ----------
@@ -208,9 +220,14 @@ function startApp(cred) {
   $("app").classList.remove("viewing");
 
   chat = new Chat(cred);
+  let remembered = false;
   chat.addEventListener("change", queueRender);
   chat.addEventListener("status", () => {
-    if (chat.connected) remember(cred);
+    // Once per sign-in or page load: a reconnect does not make this tab's user the default for new tabs.
+    if (chat.connected && !remembered) {
+      remembered = true;
+      remember(cred);
+    }
     renderBanner();
   });
   chat.addEventListener("notice", (e) => toast(e.detail.text));
@@ -474,7 +491,7 @@ function renderList() {
 
 function statusOf(item, conv) {
   if (item.pending) return item.pending.state; // queued, sending, failed
-  return item.m.seq <= conv.readSeq ? "read" : "sent";
+  return item.m.seq <= conv.peerRead ? "read" : "sent";
 }
 
 const STATUS = {

@@ -70,9 +70,9 @@ export class Conversation {
     this.loadingOlder = false;
     this.stale = false;        // the server has messages after contig; fetched when opened
     this.last = null;          // newest message known, from the inbox or live
-    this.serverUnread = 0;     // the server's count (messages that came while no socket of mine was up)
-    this.liveUnread = 0;       // messages that came live while the conversation was not in view
-    this.readSeq = 0;          // the other user has read up to this seq
+    this.unread = 0;           // the other user's messages I have not read: the server's count, kept up to date live
+    this.myRead = 0;           // my read position, as far as this page knows (the server's is never lower)
+    this.peerRead = 0;         // the other user's read position: my messages up to it show ✓✓
     this.typingUntil = 0;      // ms epoch until which "… is typing" shows
     this.lastTypingSent = 0;
     this.pending = new Map();  // client id -> {id, text, time, state, error, retryable, autoRetry}
@@ -82,8 +82,18 @@ export class Conversation {
     this.readTimer = 0;
   }
 
-  get unread() {
-    return this.serverUnread + this.liveUnread;
+  /** unreadAfter counts the other user's messages held here with a seq above `seq`. */
+  unreadAfter(seq) {
+    let n = 0;
+    for (const m of this.messages.values()) if (m.seq > seq && m.from === this.with) n++;
+    return n;
+  }
+
+  /** newest is the highest seq held here, or 0. */
+  get newest() {
+    let high = 0;
+    for (const seq of this.messages.keys()) if (seq > high) high = seq;
+    return high;
   }
 
   /** lowest is the lowest seq here, or 0. */
@@ -190,6 +200,7 @@ export class Chat extends EventTarget {
       case "message": return f.message && this.onMessage(normalize(f.message));
       case "sent": return f.message && this.acked(String(f.id ?? ""), normalize(f.message));
       case "receipt": return this.onReceipt(f);
+      case "unread": return this.onUnread(f);
       case "typing": return this.onTyping(String(f.from));
       case "presence": return this.applyPresence(f.online);
       case "resync": return this.syncAll();
@@ -202,8 +213,9 @@ export class Chat extends EventTarget {
     if (f.user != null) this.me = String(f.user);
     this.replica = String(f.replica ?? "");
     const unread = f.unread && typeof f.unread === "object" ? f.unread : {};
-    for (const c of this.convs.values()) c.serverUnread = 0;
-    for (const [user, n] of Object.entries(unread)) this.conv(user, false).serverUnread = Number(n) || 0;
+    // The server's counts include what came live before the reconnect: they replace, never add.
+    for (const c of this.convs.values()) c.unread = 0;
+    for (const [user, n] of Object.entries(unread)) this.conv(user, false).unread = Number(n) || 0;
     this.changed(null);
     this.afterConnect();
   }
@@ -234,8 +246,8 @@ export class Chat extends EventTarget {
     for (const item of inbox.conversations || []) {
       if (item.with == null) continue;
       const conv = this.conv(String(item.with), false);
-      conv.serverUnread = Number(item.unread) || 0;
       if (item.last) this.noteLast(conv, normalize(item.last));
+      this.applyPositions(conv, item);
       if (this.hasGap(conv)) conv.stale = true;
     }
     this.changed(null);
@@ -291,8 +303,12 @@ export class Chat extends EventTarget {
     if (!this.insert(conv, m)) return;
     if (m.from !== this.me) {
       conv.typingUntil = 0;
+      // Sending moves the sender's read position to the message: the other user has read mine before it.
+      conv.peerRead = Math.max(conv.peerRead, m.seq);
       if (this.isViewing(conv)) this.scheduleRead(conv);
-      else conv.liveUnread++;
+      else if (m.seq > conv.myRead) conv.unread++;
+    } else {
+      this.movedMyRead(conv, m.seq); // sent from another socket of mine: I have read what I answered
     }
     if (this.hasGap(conv)) this.fillGap(conv);
     this.changed(conv.with);
@@ -303,6 +319,7 @@ export class Chat extends EventTarget {
     const p = conv.pending.get(id);
     if (p) conv.pending.delete(id);
     this.insert(conv, m);
+    this.movedMyRead(conv, m.seq);
     if (this.hasGap(conv)) this.fillGap(conv);
     this.changed(conv.with);
   }
@@ -322,20 +339,59 @@ export class Chat extends EventTarget {
     const by = String(f.by);
     const seq = Number(f.seq) || 0;
     if (by === this.me) {
-      // Read on another device of mine.
+      // Read on another device of mine; the `unread` frame that comes with it sets the count.
       const conv = this.convs.get(String(f.with));
-      if (conv && (!conv.last || seq >= conv.last.seq)) {
-        conv.serverUnread = 0;
-        conv.liveUnread = 0;
-        this.changed(conv.with);
-      }
+      if (conv) this.movedMyRead(conv, seq);
       return;
     }
     const conv = this.convs.get(by);
-    if (conv && seq > conv.readSeq) {
-      conv.readSeq = seq;
+    if (conv && seq > conv.peerRead) {
+      conv.peerRead = seq;
       this.changed(by);
     }
+  }
+
+  /** onUnread takes the count another socket of mine left after a read. */
+  onUnread(f) {
+    if (f.with == null) return;
+    const user = String(f.with);
+    const n = Number(f.unread) || 0;
+    const conv = n > 0 ? this.conv(user) : this.convs.get(user);
+    if (!conv) return;
+    this.applyPositions(conv, { read: f.read, unread: n });
+  }
+
+  /**
+   * applyPositions takes the read positions and the count of a server frame (inbox entry, history,
+   * read, unread). The count replaces what was counted here; a message from the other user that
+   * came after the frame was made, and is held here, stays counted.
+   */
+  applyPositions(conv, f) {
+    const read = Number(f.read);
+    if (Number.isInteger(read) && read > conv.myRead) conv.myRead = read;
+    const peer = Number(f.peer_read);
+    if (Number.isInteger(peer) && peer > conv.peerRead) conv.peerRead = peer;
+    if (f.unread != null) {
+      let n = Number(f.unread) || 0;
+      if (Number.isInteger(read)) {
+        // A frame older than a read this page knows of: what was read since is not unread.
+        const pos = conv.myRead;
+        if (pos > read) n = Math.max(0, n - (conv.unreadAfter(read) - conv.unreadAfter(pos)));
+        n = Math.max(n, conv.unreadAfter(pos));
+      }
+      conv.unread = n;
+    }
+    this.changed(conv.with);
+  }
+
+  /** movedMyRead notes that my read position is at least `seq` (a read elsewhere, or a message of mine). */
+  movedMyRead(conv, seq) {
+    if (!(seq > conv.myRead)) return;
+    conv.myRead = seq;
+    // What is left: none after the newest known message; else what is held here, if nothing is missing.
+    if (!conv.last || seq >= conv.last.seq) conv.unread = 0;
+    else if (conv.loaded && !this.hasGap(conv)) conv.unread = Math.min(conv.unread, conv.unreadAfter(seq));
+    this.changed(conv.with);
   }
 
   onTyping(from) {
@@ -381,20 +437,20 @@ export class Chat extends EventTarget {
   }
 
   async fetchNewest(conv) {
-    const contigBefore = conv.contig;
     const wasLoaded = conv.loaded;
     let before;
-    let fresh = 0; // new messages from the other user
     for (;;) {
-      const frame = { type: "history", with: conv.with, limit: wasLoaded ? CATCH_UP_PAGE : PAGE };
+      // peek: fetching marks nothing read; markRead does, when the person is looking.
+      const frame = { type: "history", with: conv.with, limit: wasLoaded ? CATCH_UP_PAGE : PAGE, peek: true };
       if (before !== undefined) frame.before = before;
       const r = await this.sock.request(frame);
       const msgs = (r.messages || []).map(normalize).filter((m) => Number.isInteger(m.seq));
       let low = 0;
       for (const m of msgs) {
-        if (this.insert(conv, m) && m.from !== this.me && m.seq > contigBefore) fresh++;
+        this.insert(conv, m);
         if (low === 0 || m.seq < low) low = m.seq;
       }
+      if (before === undefined) this.applyPositions(conv, r);
       if (!conv.loaded) {
         conv.loaded = true;
         conv.more = !!r.more && low > 1;
@@ -406,9 +462,6 @@ export class Chat extends EventTarget {
     }
     while (conv.messages.has(conv.contig + 1)) conv.contig++;
     conv.stale = false;
-    // history zeroes the server's count; what it counted is now counted here.
-    conv.serverUnread = 0;
-    if (wasLoaded && !this.isViewing(conv)) conv.liveUnread += fresh;
     this.changed(conv.with);
   }
 
@@ -419,9 +472,10 @@ export class Chat extends EventTarget {
     conv.loadingOlder = true;
     this.changed(user);
     try {
-      const r = await this.sock.request({ type: "history", with: user, before: conv.lowest, limit: PAGE });
+      const r = await this.sock.request({ type: "history", with: user, before: conv.lowest, limit: PAGE, peek: true });
       const msgs = (r.messages || []).map(normalize);
       for (const m of msgs) this.insert(conv, m);
+      if (r.peer_read != null) this.applyPositions(conv, { peer_read: r.peer_read });
       conv.more = !!r.more && msgs.length > 0;
     } catch (err) {
       if (err.code !== "disconnected") this.notice(`Could not load older messages: ${err.message}`);
@@ -449,16 +503,20 @@ export class Chat extends EventTarget {
   setPageVisible(visible) {
     this.pageVisible = visible;
     const open = this.openConv;
-    if (visible && open && open.unread > 0 && this.connected) this.markRead(open);
+    if (visible && open && this.connected) this.markRead(open);
   }
 
+  /** markRead moves my read position to the newest message shown, unless it is there already. */
   markRead(conv) {
     clearTimeout(conv.readTimer);
-    conv.serverUnread = 0;
-    conv.liveUnread = 0;
+    const seq = conv.newest;
+    if (seq === 0 || (seq <= conv.myRead && conv.unread === 0)) return; // nothing new to have read
+    conv.unread = conv.unreadAfter(seq);
     this.changed(conv.with);
-    if (!conv.last) return; // nothing to have read yet
-    this.sock.request({ type: "read", with: conv.with }).catch(() => {});
+    this.sock.request({ type: "read", with: conv.with, seq }).then(
+      (r) => { if (r.with == null || String(r.with) === conv.with) this.applyPositions(conv, r); },
+      () => {}, // a dropped socket reads again when it is back and the conversation is in view
+    );
   }
 
   scheduleRead(conv) {
