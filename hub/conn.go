@@ -576,11 +576,12 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "history", err)
 		return
 	}
-	// Reading a conversation marks it read up to what it held, as the
-	// seed's msgread does, unless the client only peeks (catching up in
-	// the background). Unread in the reply is the count before.
-	if page.Unread > 0 && (f.Peek == nil || !*f.Peek) {
-		st, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, page.Read+page.Unread, c.id)
+	// Reading a conversation marks it read up to what it held and resets
+	// the seed's count, as the seed's msgread does, unless the client only
+	// peeks (catching up in the background). Unread in the reply is the
+	// count before.
+	if last := page.Read + page.Unread; last > 0 && (f.Peek == nil || !*f.Peek) {
+		st, err := c.h.cfg.Store.MarkRead(ctx, c.user, f.With, last, c.id)
 		if err != nil {
 			c.storeFailed(id, "history", err)
 			return

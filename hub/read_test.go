@@ -216,3 +216,36 @@ func TestReadRejectsABadSeq(t *testing.T) {
 		t.Fatalf("read of an empty conversation = %v", rd)
 	}
 }
+
+// TestHistoryResetsTheSeedCount: reading a conversation resets the seed's
+// count, as the seed's msgread does, even when chatd's own count is
+// already 0 because the reader answered first.
+func TestHistoryResetsTheSeedCount(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t)
+	r := cl.replica("a")
+	a := r.dial(t, "23")
+	for _, id := range []string{"m1", "m2"} {
+		if f := a.call(map[string]any{"type": "send", "to": "43", "text": "while you are away", "id": id}); f["type"] != "sent" {
+			t.Fatalf("send: %v", f)
+		}
+	}
+	seed := func() string {
+		v, _ := cl.redis.Client.HGet(t.Context(), cl.redis.Prefix+"43", "43-23").Result()
+		return v
+	}
+	if got := seed(); got != "2" {
+		t.Fatalf("seed count = %q, want 2", got)
+	}
+	b := r.dial(t, "43")
+	if f := b.call(map[string]any{"type": "send", "to": "23", "text": "back", "id": "r"}); f["type"] != "sent" {
+		t.Fatalf("send: %v", f)
+	}
+	h := b.call(map[string]any{"type": "history", "with": "23", "id": "h"})
+	if h["unread"] != 0.0 {
+		t.Fatalf("history = %v, want unread 0 (the answer read what came before)", h)
+	}
+	if got := seed(); got != "0" {
+		t.Fatalf("seed count after history = %q, want 0", got)
+	}
+}

@@ -478,3 +478,33 @@ func TestUnreadIndex(t *testing.T) {
 		t.Fatalf("index of 102 after its read = %q, want none", got)
 	}
 }
+
+// TestReadKeepsASeedOnlyConversationInTheInbox: a conversation that only
+// the seed's msgsend wrote has no inbox entries; reading it through chatd
+// gives it some, so it stays in both users' inboxes, in its place.
+func TestReadKeepsASeedOnlyConversationInTheInbox(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	f.lpush(t, "502-501", `{"fromid":501,"toid":502,"msg":"from the seed","time":1732567890.5}`)
+	f.hset(t, "502", "502-501", "1")
+	convs, _, err := f.s.Inbox(f.ctx, "502", 10)
+	if err != nil || len(convs) != 1 || convs[0].Unread != 1 {
+		t.Fatalf("inbox before the read = %+v, %v", convs, err)
+	}
+	if _, err := f.s.MarkRead(f.ctx, "502", "501", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"502", "501"} {
+		convs, _, err := f.s.Inbox(f.ctx, u, 10)
+		if err != nil || len(convs) != 1 || convs[0].Unread != 0 || convs[0].Last == nil || convs[0].Last.Text != "from the seed" {
+			t.Fatalf("inbox of %s after the read = %+v, %v", u, convs, err)
+		}
+	}
+	score, err := f.r.Client.ZScore(f.ctx, f.k.inbox("502"), "502-501").Result()
+	if err != nil || score != 1732567890500 {
+		t.Fatalf("inbox score = %v, %v; want the element's time in ms", score, err)
+	}
+	if v, _ := f.hget(t, f.k.unread("502"), "502-501"); v != "0" {
+		t.Fatalf("seed count after the read = %q, want 0", v)
+	}
+}

@@ -171,7 +171,9 @@ return {n, top, n - r, r, rp, items}
 //
 // KEYS: 1 conversation's read hash, 2 conversation list, 3 reader's unread
 // hash, 4 peer's unread hash, 5 reader's unread index, 6 peer's unread
-// index, 7 peer's presence, 8 reader's presence.
+// index, 7 peer's presence, 8 reader's presence, 9 reader's inbox index,
+// 10 peer's inbox index (a conversation only the seed wrote gets its
+// entries there, scored by its newest element's time).
 // ARGV: 1 conversation name, 2 now (ms), 3 replica channel prefix,
 // 4 receipt envelope head (up to the seq), 5 receipt tail, 6 reader,
 // 7 peer, 8 seq to read up to (0: the newest), 9 unread frame head (up to
@@ -188,6 +190,15 @@ if upto <= 0 or upto > n then upto = n end
 if upto > r then r = upto end
 if me == peer then rp = r end
 redis.call('HSET', KEYS[1], 'len', n, 'r:' .. me, r, 'r:' .. peer, rp)
+-- A conversation only the seed wrote has no inbox entries: give it some, so
+-- that it stays in both inboxes once chatd has read it.
+if not redis.call('ZSCORE', KEYS[9], ARGV[1]) or not redis.call('ZSCORE', KEYS[10], ARGV[1]) then
+  local at = tonumber(ARGV[2])
+  local ok, e = pcall(cjson.decode, redis.call('LINDEX', KEYS[2], 0))
+  if ok and type(e) == 'table' and tonumber(e.time) then at = math.floor(tonumber(e.time) * 1000) end
+  redis.call('ZADD', KEYS[9], 'NX', at, ARGV[1])
+  redis.call('ZADD', KEYS[10], 'NX', at, ARGV[1])
+end
 local unread = n - r
 local seed = redis.call('HGET', KEYS[3], ARGV[1])
 if unread == 0 then

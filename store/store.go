@@ -344,6 +344,7 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 		[]string{
 			s.keys.read(conv), s.keys.conv(conv), s.keys.unread(user), s.keys.unread(peer),
 			s.keys.unreadIndex(user), s.keys.unreadIndex(peer), s.keys.presence(peer), s.keys.presence(user),
+			s.keys.inbox(user), s.keys.inbox(peer),
 		},
 		conv, now, s.keys.replicaChannelPrefix(), receipt, "}", user, peer, seq,
 		badge, `,"unread":`, "}").Int64Slice()
