@@ -53,29 +53,52 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		}
 		return def
 	}
+	// An environment value that does not parse is an error, as a bad flag
+	// is: a typo must not quietly become the default.
+	var envErrs []error
+	bad := func(name, v string, err error) {
+		envErrs = append(envErrs, fmt.Errorf("%s=%q: %w", name, v, errors.Unwrap(err)))
+	}
 	dur := func(name string, def time.Duration) time.Duration {
-		if v := getenv(name); v != "" {
-			if d, err := time.ParseDuration(v); err == nil {
-				return d
-			}
+		v := getenv(name)
+		if v == "" {
+			return def
 		}
-		return def
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			envErrs = append(envErrs, fmt.Errorf("%s=%q: not a duration such as 30s", name, v))
+			return def
+		}
+		return d
 	}
 	num := func(name string, def int) int {
-		if v := getenv(name); v != "" {
-			if n, err := strconv.Atoi(v); err == nil {
-				return n
-			}
+		v := getenv(name)
+		if v == "" {
+			return def
 		}
-		return def
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			bad(name, v, err)
+			return def
+		}
+		return n
 	}
 	flt := func(name string, def float64) float64 {
-		if v := getenv(name); v != "" {
-			if f, err := strconv.ParseFloat(v, 64); err == nil {
-				return f
-			}
+		v := getenv(name)
+		if v == "" {
+			return def
 		}
-		return def
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			bad(name, v, err)
+			return def
+		}
+		return f
+	}
+	switch v := getenv("CHAT_DEV_PUBLIC"); v {
+	case "", "0", "1":
+	default:
+		envErrs = append(envErrs, fmt.Errorf("CHAT_DEV_PUBLIC=%q: want 1 (on) or 0 (off)", v))
 	}
 	fs.StringVar(&c.addr, "addr", env("CHAT_ADDR", "localhost:8080"), "listen address `host:port` (env CHAT_ADDR)")
 	// The secret and the Redis URL (which may hold a password) are read
@@ -111,6 +134,13 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if len(envErrs) > 0 {
+		msgs := make([]string, len(envErrs))
+		for i, err := range envErrs {
+			msgs[i] = err.Error()
+		}
+		return c, fmt.Errorf("environment: %s", strings.Join(msgs, "; "))
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (see chatd -h)", fs.Arg(0))

@@ -665,14 +665,19 @@ func TestLargeHeadersRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("X-Big", strings.Repeat("x", 100<<10))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
-		t.Fatalf("100 KiB of headers: %s, want 431", resp.Status)
+	for _, tc := range []struct {
+		size int
+		want int
+	}{{30 << 10, http.StatusOK}, {33 << 10, http.StatusRequestHeaderFieldsTooLarge}, {100 << 10, http.StatusRequestHeaderFieldsTooLarge}} {
+		req.Header.Set("X-Big", strings.Repeat("x", tc.size))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%d KiB of headers: %s, want %d", tc.size>>10, resp.Status, tc.want)
+		}
 	}
 }
 
@@ -717,5 +722,21 @@ func TestEveryFlagHasAnEnvVar(t *testing.T) {
 		func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err != nil || c.secret != strings.Repeat("f", 32) || c.redisURL != "" || c.maxPerUser != 3 {
 		t.Errorf("flags over the environment: %+v, %v", c, err)
+	}
+}
+
+// An environment value that does not parse stops the server with a
+// message naming it, instead of quietly becoming the default.
+func TestBadEnvironmentValuesAreErrors(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"CHAT_QUEUE_BYTES": "1MiB", "CHAT_DRAIN_DELAY": "5", "CHAT_DEV_PUBLIC": "true", "CHAT_RATE": "fast"}
+	err := run(t.Context(), []string{"-addr", "127.0.0.1:0"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("started with unparsable environment values")
+	}
+	for name := range env {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
 	}
 }

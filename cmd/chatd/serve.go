@@ -203,7 +203,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if cfg.debugAddr != "" {
-		dbg := httpServer(debugMux(), cfg.idleTimeout, log)
+		dbg := httpServer(guard(debugMux()), cfg.idleTimeout, log)
 		dbg.Addr = cfg.debugAddr
 		wg.Add(1)
 		go func() {
@@ -239,9 +239,10 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	return serveErr
 }
 
-// maxHeaderBytes bounds a request's line and headers. A token is a few
-// hundred bytes; nginx's own default allows 32 KiB.
-const maxHeaderBytes = 32 << 10
+// maxHeaderBytes bounds a request's line and headers to 32 KiB: a token is
+// a few hundred bytes; nginx's own default allows 32 KiB. net/http lets
+// 4096 bytes past MaxHeaderBytes through, so it is set that much lower.
+const maxHeaderBytes = 32<<10 - 4096
 
 // httpServer returns a server for handler with chatd's limits: a client
 // has 10 s to send a request's headers, which may be at most
