@@ -3,10 +3,13 @@
 // the wire protocol (docs/PROTOCOL.md) through a Store, and hands frames that
 // arrive from Redis pub/sub to the right local sockets.
 //
-// Each connection has one reader (the handler goroutine) and one writer
-// goroutine that owns every write, a bounded outbound queue, and a rate
-// limiter. Fan-out never blocks: a socket whose queue is full is closed
-// (1008) rather than delaying anyone else.
+// Each connection has one reader (the handler goroutine), a bounded
+// outbound queue, and a rate limiter. One goroutine at a time owns its
+// writes: a writer goroutine that exists only while there is something to
+// write, or the reader answering a request while nothing else is queued. A
+// hub-wide sweep pings silent sockets and drops stuck writes. Fan-out never
+// blocks: a socket whose queue is full is closed (1008) rather than
+// delaying anyone else.
 package hub
 
 import (
@@ -107,7 +110,8 @@ type Config struct {
 	ConnectBurst int
 	// MaxWatch bounds how many users one socket may watch. Defaults to 1000.
 	MaxWatch int
-	// WriteTimeout bounds each write. Defaults to 10 s.
+	// WriteTimeout bounds each write: a socket whose write takes longer is
+	// dropped (checked every second or more often). Defaults to 10 s.
 	WriteTimeout time.Duration
 	// PingInterval is how long a socket may be silent before a ping checks
 	// it; no pong within PingInterval/2 closes it. Defaults to 30 s.
@@ -135,6 +139,12 @@ type Hub struct {
 	count    int
 
 	connects *connectLimits
+
+	// The sweep goroutine runs while there are sockets (sweeping, guarded
+	// by mu); sweepStop wakes it when the last one ends.
+	sweeping  bool
+	sweepStop chan struct{}
+	sweeper   sync.WaitGroup
 
 	draining atomic.Bool
 	wg       sync.WaitGroup
@@ -189,13 +199,48 @@ func New(cfg Config) *Hub {
 		cfg.Logger.Error("origin patterns refused: only the server's own host is allowed", "err", err)
 	}
 	return &Hub{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		m:        cfg.Metrics,
-		origins:  origins,
-		connects: newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
-		users:    map[string]map[*conn]struct{}{},
-		watchers: map[string]map[*conn]struct{}{},
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		origins:   origins,
+		connects:  newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
+		users:     map[string]map[*conn]struct{}{},
+		watchers:  map[string]map[*conn]struct{}{},
+		sweepStop: make(chan struct{}, 1),
+	}
+}
+
+// sweepInterval is how often the sweep looks at every socket.
+func (h *Hub) sweepInterval() time.Duration {
+	return max(10*time.Millisecond, min(time.Second, h.cfg.PingInterval/2, h.cfg.WriteTimeout/2))
+}
+
+// sweep pings silent sockets and drops stuck writes (conn.sweep) while
+// there are sockets; it returns when the last one has ended.
+func (h *Hub) sweep() {
+	defer h.sweeper.Done()
+	tick := time.NewTicker(h.sweepInterval())
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-h.sweepStop:
+		}
+		h.mu.Lock()
+		if h.count == 0 {
+			h.sweeping = false
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		now := time.Now().UnixNano()
+		h.mu.RLock()
+		for _, set := range h.users {
+			for c := range set {
+				c.sweep(now)
+			}
+		}
+		h.mu.RUnlock()
 	}
 }
 
@@ -232,7 +277,6 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h:       h,
 		user:    user,
 		expires: expires,
-		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
 	}
@@ -285,6 +329,11 @@ func (h *Hub) register(c *conn) (int, string) {
 	set[c] = struct{}{}
 	h.count++
 	h.wg.Add(1)
+	if !h.sweeping {
+		h.sweeping = true
+		h.sweeper.Add(1)
+		go h.sweep()
+	}
 	h.m.connOpened(len(set) == 1)
 	return 0, ""
 }
@@ -302,6 +351,12 @@ func (h *Hub) unregister(c *conn) {
 	}
 	h.count--
 	h.wg.Done()
+	if h.count == 0 {
+		select {
+		case h.sweepStop <- struct{}{}:
+		default:
+		}
+	}
 	for u := range c.watching {
 		if w := h.watchers[u]; w != nil {
 			delete(w, c)
@@ -463,6 +518,7 @@ func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
 	go func() { h.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		h.sweeper.Wait()
 		return nil
 	case <-ctx.Done():
 		h.mu.RLock()
@@ -475,6 +531,7 @@ func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
 		}
 		h.mu.RUnlock()
 		<-done
+		h.sweeper.Wait()
 		return ctx.Err()
 	}
 }
