@@ -439,11 +439,17 @@ func (c *conn) sweep(now int64) {
 // readLoop reads and answers frames until the socket ends. Reads take no
 // context: a context would cost a timer registration per frame, and every
 // way a socket ends (the peer, the writer, a drain) closes it, which ends
-// the read.
+// the read. Each frame is read into a pooled buffer, which goes back to
+// the pool once the frame is answered (nothing keeps a reference to it).
 func (c *conn) readLoop(ctx context.Context) error {
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
+			return err
+		}
+		buf := c.h.getBuf()
+		if _, err := buf.ReadFrom(r); err != nil {
+			c.h.putBuf(buf)
 			return err
 		}
 		c.touch()
@@ -451,10 +457,12 @@ func (c *conn) readLoop(ctx context.Context) error {
 		if c.closing.Load() {
 			// The replica is draining: the client retries elsewhere.
 			c.busy.Unlock()
+			c.h.putBuf(buf)
 			continue
 		}
-		c.handle(ctx, typ, data)
+		c.handle(ctx, typ, buf.Bytes())
 		c.busy.Unlock()
+		c.h.putBuf(buf)
 	}
 }
 

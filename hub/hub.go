@@ -13,6 +13,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -146,6 +147,9 @@ type Hub struct {
 	sweepStop chan struct{}
 	sweeper   sync.WaitGroup
 
+	// bufs holds *bytes.Buffer for reading client frames.
+	bufs sync.Pool
+
 	draining atomic.Bool
 	wg       sync.WaitGroup
 }
@@ -208,6 +212,24 @@ func New(cfg Config) *Hub {
 		watchers:  map[string]map[*conn]struct{}{},
 		sweepStop: make(chan struct{}, 1),
 	}
+}
+
+// maxPooledBuf is the largest read buffer kept for reuse.
+const maxPooledBuf = 64 << 10
+
+func (h *Hub) getBuf() *bytes.Buffer {
+	if b, ok := h.bufs.Get().(*bytes.Buffer); ok {
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+func (h *Hub) putBuf(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuf {
+		return
+	}
+	b.Reset()
+	h.bufs.Put(b)
 }
 
 // sweepInterval is how often the sweep looks at every socket.
