@@ -37,6 +37,7 @@ const slowCloseGrace = 250 * time.Millisecond
 type conn struct {
 	h       *Hub
 	ws      *websocket.Conn // set under h.mu
+	out     *outbox         // under ws; set with it
 	user    string
 	id      string // presence member; set under h.mu
 	limiter *rate.Limiter
@@ -244,10 +245,8 @@ func (c *conn) recycle(q []outItem) {
 // flush writes everything queued, until the queue stays empty.
 func (c *conn) flush() bool {
 	for q := c.take(); len(q) > 0; q = c.take() {
-		for _, it := range q {
-			if c.slow.Load() || !c.write(it) {
-				return false
-			}
+		if !c.write(q...) || c.slow.Load() {
+			return false
 		}
 		c.recycle(q)
 	}
@@ -358,15 +357,10 @@ func (c *conn) writeLoop() {
 			c.qmu.Unlock()
 			return
 		}
-		for _, it := range q {
-			if c.slow.Load() {
-				break // closeAsked comes next
-			}
-			if !c.write(it) {
-				return
-			}
+		if !c.write(q...) {
+			return
 		}
-		c.recycle(q)
+		c.recycle(q) // if the socket went slow meanwhile, closeAsked comes next
 	}
 }
 
@@ -384,19 +378,35 @@ func (c *conn) closeAsked() {
 	c.ws.Close(c.quitCode, c.quitWhy)
 }
 
-// write writes one frame. A write is not given a context (which would arm
-// a timer per write); the hub's sweep bounds it instead, closing a socket
-// whose write takes over WriteTimeout.
-func (c *conn) write(it outItem) bool {
+// write writes frames, in one system call (see outbox), and stops early
+// when the socket turns out to be a slow consumer. A write is not given a
+// context (which would arm a timer per write); the hub's sweep bounds it
+// instead, dropping a socket whose write takes over WriteTimeout. An error
+// drops the socket.
+func (c *conn) write(frames ...outItem) bool {
 	c.writeSince.Store(time.Now().UnixNano())
-	err := c.ws.Write(context.Background(), websocket.MessageText, it.frame)
+	c.out.cork()
+	var err error
+	for _, it := range frames {
+		if c.slow.Load() {
+			break
+		}
+		if err = c.ws.Write(context.Background(), websocket.MessageText, it.frame); err != nil {
+			break
+		}
+	}
+	if uerr := c.out.uncork(); err == nil {
+		err = uerr
+	}
 	c.writeSince.Store(0)
 	if err != nil {
 		c.ws.CloseNow()
 		return false
 	}
-	if it.stored != 0 {
-		c.h.m.delivered(time.Since(time.UnixMicro(it.stored)))
+	for _, it := range frames {
+		if it.stored != 0 {
+			c.h.m.delivered(time.Since(time.UnixMicro(it.stored)))
+		}
 	}
 	return true
 }

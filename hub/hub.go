@@ -147,8 +147,9 @@ type Hub struct {
 	sweepStop chan struct{}
 	sweeper   sync.WaitGroup
 
-	// bufs holds *bytes.Buffer for reading client frames.
-	bufs sync.Pool
+	// bufs holds *bytes.Buffer for reading client frames; outBufs holds
+	// *[]byte for outboxes.
+	bufs, outBufs sync.Pool
 
 	draining atomic.Bool
 	wg       sync.WaitGroup
@@ -312,7 +313,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.unregister(c)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	uw := &upgradeWriter{ResponseWriter: w, pool: &h.outBufs}
+	ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // checkOrigin has checked the origin
 		OnPongReceived:     func(context.Context, []byte) { c.touch() },
 	})
@@ -322,8 +324,13 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(h.cfg.MaxFrameBytes)
+	if uw.out == nil {
+		// Not hijacked through uw: nothing else can have upgraded it.
+		ws.CloseNow()
+		return
+	}
 	h.mu.Lock()
-	c.ws = ws
+	c.ws, c.out = ws, uw.out
 	h.mu.Unlock()
 	c.run(r.Context())
 }
