@@ -29,7 +29,7 @@ type outItem struct {
 // before its TCP connection is dropped outright.
 const slowCloseGrace = 250 * time.Millisecond
 
-// conn is one WebSocket. The handler goroutine reads and answers frames.
+// conn is one WebSocket. Its reader goroutine reads and answers frames.
 // After "ready", one goroutine at a time owns the socket's writes (writing
 // is true): a writer goroutine, started when the queue goes non-empty and
 // ended when it stays empty, or the reader writing a reply itself while

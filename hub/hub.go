@@ -3,7 +3,7 @@
 // the wire protocol (docs/PROTOCOL.md) through a Store, and hands frames that
 // arrive from Redis pub/sub to the right local sockets.
 //
-// Each connection has one reader (the handler goroutine), a bounded
+// Each connection has one reader (a goroutine of the hub), a bounded
 // outbound queue, and a rate limiter. One goroutine at a time owns its
 // writes: a writer goroutine that exists only while there is something to
 // write, or the reader answering a request while nothing else is queued. A
@@ -267,8 +267,9 @@ func (h *Hub) sweep() {
 	}
 }
 
-// ServeHTTP upgrades an authenticated request to a WebSocket and runs it
-// until it closes. Before the upgrade, failed authentication is 401 (400
+// ServeHTTP upgrades an authenticated request to a WebSocket and returns;
+// a goroutine of the hub runs the socket until it closes (Shutdown waits
+// for it). Before the upgrade, failed authentication is 401 (400
 // for a request naming two users), a foreign browser origin 403, a user
 // over its connect rate or its socket cap 429 with Retry-After, and a
 // draining or full replica 503 (where trying another replica is right).
@@ -312,7 +313,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, status, retry, reason)
 		return
 	}
-	defer h.unregister(c)
+	serving := false
+	defer func() {
+		if !serving {
+			h.unregister(c)
+		}
+	}()
 	uw := &upgradeWriter{ResponseWriter: w, pool: &h.outBufs}
 	ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // checkOrigin has checked the origin
@@ -332,7 +338,16 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	c.ws, c.out = ws, uw.out
 	h.mu.Unlock()
-	c.run(r.Context())
+	// The socket runs in a goroutine of its own, owned by the hub (h.wg,
+	// until unregister), so that net/http's connection goroutine, with its
+	// deep stack, and the request it read end here: an idle socket keeps
+	// one small stack.
+	serving = true
+	ctx := context.WithoutCancel(r.Context())
+	go func() {
+		defer h.unregister(c)
+		c.run(ctx)
+	}()
 }
 
 // register adds c to the hub before it is upgraded, so that no frame
