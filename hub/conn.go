@@ -29,23 +29,38 @@ type outItem struct {
 // before its TCP connection is dropped outright.
 const slowCloseGrace = 250 * time.Millisecond
 
-// conn is one WebSocket. The handler goroutine reads and answers frames;
-// the writer goroutine owns every write after "ready".
+// conn is one WebSocket. Its reader goroutine reads and answers frames.
+// After "ready", one goroutine at a time owns the socket's writes (writing
+// is true): a writer goroutine, started when the queue goes non-empty and
+// ended when it stays empty, or the reader writing a reply itself while
+// nothing else is queued. An idle socket has no writer goroutine.
 type conn struct {
 	h       *Hub
 	ws      *websocket.Conn // set under h.mu
+	out     *outbox         // under ws; set with it
 	user    string
 	id      string // presence member; set under h.mu
 	limiter *rate.Limiter
 	expires time.Time // when the credential stops being valid; zero: never
 
 	// The outbound queue: a slice that is empty (and costs nothing) while
-	// the socket is idle, bounded by QueueSize frames and QueueBytes bytes,
-	// and a wake-up for the writer. qmu also guards typingSeen.
+	// the socket is idle, bounded by QueueSize frames and QueueBytes bytes.
+	// spare is the array of the batch the writer wrote last, reused for the
+	// next one. qmu also guards typingSeen, writing, live and ended.
 	qmu    sync.Mutex
 	queue  []outItem
+	spare  []outItem
 	qbytes int
-	wake   chan struct{}
+	// writing: one goroutine owns the socket's writes. live: "ready" has
+	// been written, so queued frames may go out. ended: the reader has
+	// returned, and no goroutine may start any more.
+	writing, live, ended bool
+	// workers are the socket's writer and ping goroutines; run waits for them.
+	workers sync.WaitGroup
+	// writeSince is when the write in progress began (unix ns; 0: none).
+	// The hub's sweep drops a socket whose write takes over WriteTimeout.
+	writeSince atomic.Int64
+	pinging    atomic.Bool // a ping is in flight
 	// typingSeen holds when each typing frame (which names its sender) was
 	// last queued, to pass at most one per sender a second. It is nil until
 	// a typing frame arrives.
@@ -90,8 +105,8 @@ func (c *conn) enqueue(it outItem) {
 	}
 	c.queue = append(c.queue, it)
 	c.qbytes += len(it.frame)
+	c.kickLocked()
 	c.qmu.Unlock()
-	c.signal()
 }
 
 // enqueueEphemeral queues a frame that may be lost without harm (typing,
@@ -114,8 +129,8 @@ func (c *conn) enqueueEphemeral(frame []byte, typing bool) {
 	}
 	c.queue = append(c.queue, outItem{frame: frame})
 	c.qbytes += len(frame)
+	c.kickLocked()
 	c.qmu.Unlock()
-	c.signal()
 }
 
 // maxTypingSenders bounds typingSeen: past it, typing from new senders is
@@ -145,11 +160,26 @@ func (c *conn) typingAllowedLocked(frame []byte, now time.Time) bool {
 	return true
 }
 
-// signal wakes the writer.
-func (c *conn) signal() {
+// kickLocked starts a writer goroutine when the socket is live, has
+// something to write or to close, and nobody owns its writes. c.qmu is held.
+func (c *conn) kickLocked() {
+	if c.live && !c.writing && !c.ended && (len(c.queue) > 0 || c.quitting()) {
+		c.writing = true
+		c.workers.Add(1)
+		go func() {
+			defer c.workers.Done()
+			c.writeLoop()
+		}()
+	}
+}
+
+// quitting reports whether a close has been asked for.
+func (c *conn) quitting() bool {
 	select {
-	case c.wake <- struct{}{}:
+	case <-c.quit:
+		return true
 	default:
+		return false
 	}
 }
 
@@ -157,7 +187,7 @@ func (c *conn) signal() {
 // c.qmu is held.
 func (c *conn) dropQueueLocked() {
 	c.slow.Store(true)
-	c.queue, c.qbytes, c.typingSeen = nil, 0, nil
+	c.queue, c.spare, c.qbytes, c.typingSeen = nil, nil, 0, nil
 }
 
 // closeSlow closes a socket that does not read its own traffic: it stops
@@ -175,6 +205,9 @@ func (c *conn) closeSlow(frames, bytes int) {
 	if !first {
 		return // already closing for another reason
 	}
+	c.qmu.Lock()
+	c.kickLocked()
+	c.qmu.Unlock()
 	c.h.m.slowConsumer()
 	c.h.log.Warn("closed a slow consumer", "user", c.user, "queued_frames", frames, "queued_bytes", bytes)
 	if ws := c.ws; ws != nil {
@@ -182,37 +215,53 @@ func (c *conn) closeSlow(frames, bytes int) {
 	}
 }
 
-// take empties the queue and returns what it held.
+// maxSpare is the largest array kept for reuse by a socket's queue; a
+// larger one, left by a burst, goes back to the garbage collector.
+const maxSpare = 64
+
+// take empties the queue and returns what it held; the queue continues in
+// the spare array.
 func (c *conn) take() []outItem {
 	c.qmu.Lock()
 	q := c.queue
-	c.queue, c.qbytes = nil, 0
+	c.queue, c.spare, c.qbytes = c.spare[:0], nil, 0
 	c.qmu.Unlock()
 	return q
 }
 
-// flush writes everything queued, until the queue stays empty. Each batch
-// taken from the queue has WriteTimeout to be written.
-func (c *conn) flush(ctx context.Context) bool {
+// recycle keeps a written batch's array for the next one.
+func (c *conn) recycle(q []outItem) {
+	if cap(q) > maxSpare {
+		return
+	}
+	clear(q)
+	c.qmu.Lock()
+	if c.spare == nil && !c.slow.Load() {
+		c.spare = q[:0]
+	}
+	c.qmu.Unlock()
+}
+
+// flush writes everything queued, until the queue stays empty.
+func (c *conn) flush() bool {
 	for q := c.take(); len(q) > 0; q = c.take() {
-		wctx, cancel := context.WithTimeout(ctx, c.h.cfg.WriteTimeout)
-		for _, it := range q {
-			if c.slow.Load() || !c.write(wctx, it) {
-				cancel()
-				return false
-			}
+		if !c.write(q...) || c.slow.Load() {
+			return false
 		}
-		cancel()
+		c.recycle(q)
 	}
 	return true
 }
 
-// shutdown asks the writer to close the socket with code; the first call wins.
+// shutdown asks for a close with code; the first call wins.
 func (c *conn) shutdown(code websocket.StatusCode, why string) {
 	c.quitOnce.Do(func() {
 		c.quitCode, c.quitWhy = code, why
 		close(c.quit)
 	})
+	c.qmu.Lock()
+	c.kickLocked()
+	c.qmu.Unlock()
 }
 
 // run sets the connection up, then reads until it ends. It returns only
@@ -263,81 +312,154 @@ func (c *conn) run(parent context.Context) {
 		return
 	}
 
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writeLoop(ctx)
-	}()
+	c.qmu.Lock()
+	c.live = true
+	c.kickLocked() // what was queued before "ready", or a close asked for since
+	c.qmu.Unlock()
 	err = c.readLoop(ctx)
 	cancel()
-	<-writerDone
+	c.qmu.Lock()
+	c.ended = true
+	closing := c.quitting()
+	c.qmu.Unlock()
+	if !closing {
+		// Nothing is closing the socket on our side: make sure that a
+		// writer still at work ends now.
+		c.ws.CloseNow()
+	}
+	c.workers.Wait()
 	if err != nil && !isNormalClose(err) && websocket.CloseStatus(err) == -1 {
 		h.log.Debug("socket ended", "user", c.user, "err", err)
 	}
 }
 
-// writeLoop writes queued frames, pings a silent peer, and closes the
-// socket when asked to.
-func (c *conn) writeLoop(ctx context.Context) {
-	h := c.h
-	tick := time.NewTicker(h.cfg.PingInterval / 2)
-	defer tick.Stop()
+// writeLoop writes what is queued until the queue stays empty, then
+// returns and gives up ownership of the socket's writes; or it closes the
+// socket when asked to, and keeps ownership, so that nothing is written
+// after the close.
+func (c *conn) writeLoop() {
 	for {
-		select {
-		case <-ctx.Done():
+		if c.quitting() {
+			c.closeAsked()
 			return
-		case <-c.wake:
-			if !c.flush(ctx) {
-				return
-			}
-		case <-c.quit:
-			if c.quitCode == websocket.StatusServiceRestart {
-				// Finish the request in flight and flush its reply first.
-				c.closing.Store(true)
-				c.busy.Lock()
-				c.busy.Unlock() //nolint:staticcheck // an empty section waits for the reader
-				if !c.flush(ctx) {
-					return
-				}
-			}
-			c.ws.Close(c.quitCode, c.quitWhy)
-			return
-		case <-tick.C:
-			silent := time.Since(time.Unix(0, c.lastHeard.Load()))
-			if silent < h.cfg.PingInterval {
+		}
+		q := c.take()
+		if len(q) == 0 {
+			c.qmu.Lock()
+			if len(c.queue) > 0 || c.quitting() {
+				c.qmu.Unlock()
 				continue
 			}
-			pctx, cancel := context.WithTimeout(ctx, h.cfg.PingInterval/2)
-			err := c.ws.Ping(pctx)
-			cancel()
-			if err != nil {
-				c.ws.Close(websocket.StatusPolicyViolation, "no pong")
-				return
+			c.writing = false
+			if cap(c.queue) > maxSpare {
+				c.queue = nil
 			}
+			c.qmu.Unlock()
+			return
 		}
+		if !c.write(q...) {
+			return
+		}
+		c.recycle(q) // if the socket went slow meanwhile, closeAsked comes next
 	}
 }
 
-// write writes one frame; ctx bounds it.
-func (c *conn) write(ctx context.Context, it outItem) bool {
-	if err := c.ws.Write(ctx, websocket.MessageText, it.frame); err != nil {
+// closeAsked closes the socket with the code shutdown was given. A drain
+// (1012) first lets the request in flight finish and flushes its reply.
+func (c *conn) closeAsked() {
+	if c.quitCode == websocket.StatusServiceRestart {
+		c.closing.Store(true)
+		c.busy.Lock()
+		c.busy.Unlock() //nolint:staticcheck // an empty section waits for the reader
+		if !c.flush() {
+			return
+		}
+	}
+	c.ws.Close(c.quitCode, c.quitWhy)
+}
+
+// write writes frames, in one system call (see outbox), and stops early
+// when the socket turns out to be a slow consumer. A write is not given a
+// context (which would arm a timer per write); the hub's sweep bounds it
+// instead, dropping a socket whose write takes over WriteTimeout. An error
+// drops the socket.
+func (c *conn) write(frames ...outItem) bool {
+	c.writeSince.Store(time.Now().UnixNano())
+	c.out.cork()
+	var err error
+	for _, it := range frames {
+		if c.slow.Load() {
+			break
+		}
+		if err = c.ws.Write(context.Background(), websocket.MessageText, it.frame); err != nil {
+			break
+		}
+	}
+	if uerr := c.out.uncork(); err == nil {
+		err = uerr
+	}
+	c.writeSince.Store(0)
+	if err != nil {
 		c.ws.CloseNow()
 		return false
 	}
-	if it.stored != 0 {
-		c.h.m.delivered(time.Since(time.UnixMicro(it.stored)))
+	for _, it := range frames {
+		if it.stored != 0 {
+			c.h.m.delivered(time.Since(time.UnixMicro(it.stored)))
+		}
 	}
 	return true
+}
+
+// sweep is the hub's periodic look at the socket: a write that has taken
+// over WriteTimeout drops the TCP connection; a peer silent for
+// PingInterval is pinged by a short-lived goroutine, and closed with 1008
+// if no pong comes within PingInterval/2. now is in unix ns.
+func (c *conn) sweep(now int64) {
+	cfg := &c.h.cfg
+	if since := c.writeSince.Load(); since != 0 && now-since > int64(cfg.WriteTimeout) {
+		if c.ws != nil {
+			c.ws.CloseNow()
+		}
+		return
+	}
+	if now-c.lastHeard.Load() < int64(cfg.PingInterval) || !c.pinging.CompareAndSwap(false, true) {
+		return
+	}
+	c.qmu.Lock()
+	if !c.live || c.ended {
+		c.qmu.Unlock()
+		c.pinging.Store(false)
+		return
+	}
+	c.workers.Add(1)
+	c.qmu.Unlock()
+	go func() {
+		defer c.workers.Done()
+		defer c.pinging.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.PingInterval/2)
+		err := c.ws.Ping(ctx)
+		cancel()
+		if err != nil {
+			c.shutdown(websocket.StatusPolicyViolation, "no pong")
+		}
+	}()
 }
 
 // readLoop reads and answers frames until the socket ends. Reads take no
 // context: a context would cost a timer registration per frame, and every
 // way a socket ends (the peer, the writer, a drain) closes it, which ends
-// the read.
+// the read. Each frame is read into a pooled buffer, which goes back to
+// the pool once the frame is answered (nothing keeps a reference to it).
 func (c *conn) readLoop(ctx context.Context) error {
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
+			return err
+		}
+		buf := c.h.getBuf()
+		if _, err := buf.ReadFrom(r); err != nil {
+			c.h.putBuf(buf)
 			return err
 		}
 		c.touch()
@@ -345,15 +467,37 @@ func (c *conn) readLoop(ctx context.Context) error {
 		if c.closing.Load() {
 			// The replica is draining: the client retries elsewhere.
 			c.busy.Unlock()
+			c.h.putBuf(buf)
 			continue
 		}
-		c.handle(ctx, typ, data)
+		c.handle(ctx, typ, buf.Bytes())
 		c.busy.Unlock()
+		c.h.putBuf(buf)
 	}
 }
 
-// reply queues a frame answering the client.
-func (c *conn) reply(v any) { c.enqueue(outItem{frame: encode(v)}) }
+// reply answers the client. When nothing is queued and nobody owns the
+// socket's writes, the reader writes the reply itself, which spares a
+// hand-off to a writer goroutine; otherwise the reply is queued behind
+// what is there.
+func (c *conn) reply(v any) {
+	frame := encode(v)
+	c.qmu.Lock()
+	if !c.live || c.writing || c.ended || len(c.queue) > 0 || c.slow.Load() || c.quitting() {
+		c.qmu.Unlock()
+		c.enqueue(outItem{frame: frame})
+		return
+	}
+	c.writing = true
+	c.qmu.Unlock()
+	if !c.write(outItem{frame: frame}) {
+		return // the socket is closed; it keeps its owner, so nothing else is written
+	}
+	c.qmu.Lock()
+	c.writing = false
+	c.kickLocked() // what was queued meanwhile, or a close asked for
+	c.qmu.Unlock()
+}
 
 func (c *conn) fail(id, code, msg string) {
 	c.h.m.error(code)

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestDecodeFrame(t *testing.T) {
@@ -129,5 +130,83 @@ func TestDecodeFrameKnowsEveryField(t *testing.T) {
 			t.Errorf("%q and %q share a bit", key, other)
 		}
 		bits[bit] = key
+	}
+}
+
+// decodeSamples are frames on both sides of every rule decodeFrame's fast
+// path must not change.
+var decodeSamples = []string{
+	`{"type":"send","to":"43","text":"hi","id":"c1"}`,
+	`{"type":"history","with":"43","before":5,"limit":2}`,
+	`{"type":"presence","users":["a","b"],"watch":true}`,
+	` {"type":"ping","extra":{"nested":[1,{"x":null,"y":"}]\"\\"}]}} `,
+	`{"type":"send","text":null,"id":null}`,
+	`{"type":"send","text":"a","TEXT":"b"}`,
+	`{"Type":"ping"}`,
+	`{"tYpE":"ping","type":"send"}`,
+	`{"type":"send","text":"a","text":"b"}`,
+	`{"type":"ping","type":"ping"}`,
+	`{"typ\u0065":"ping"}`,
+	`{"typ\u0065":"ping","type":"send"}`,
+	`{"type":"ping","\u017fend":1}`,
+	`{"type":"ping","ſ":1,"K":2}`,
+	`{"type":5}`,
+	`{"type":"history","before":1.5}`,
+	`{"type":"history","limit":"2"}`,
+	`{"type":"presence","users":"a"}`,
+	`{"type":"presence","watch":1}`,
+	`{"type":"presence","users":null,"watch":null}`,
+	`[1]`, `"x"`, `null`, `{}`, ` { } `,
+	`{"type":"ping"} {}`,
+	`{"type":"ping"`,
+	`{"type":"send","text":"\ud83d\ude86 <&>"}`,
+	"{\n\t\"type\" :\r\n \"ping\" , \"id\" : \"x\"\n}",
+	`{"a":[],"b":{},"c":"","d":true,"e":false,"f":-1.5e3,"type":"ping"}`,
+}
+
+// TestDecodeFrameFastPathAgrees: decodeFrame, whatever path it takes,
+// answers exactly as the token decoder does.
+func TestDecodeFrameFastPathAgrees(t *testing.T) {
+	for _, in := range decodeSamples {
+		checkDecodeAgrees(t, []byte(in))
+	}
+}
+
+func FuzzDecodeFrameFastPath(f *testing.F) {
+	for _, in := range decodeSamples {
+		f.Add([]byte(in))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkDecodeAgrees(t, data) })
+}
+
+func checkDecodeAgrees(t *testing.T, data []byte) {
+	t.Helper()
+	if !utf8.Valid(data) || loneSurrogate(data) {
+		return // refused before either decoder runs
+	}
+	got, gotErr := decodeFrame(data)
+	want, wantErr := decodeTokens(data)
+	if (gotErr == nil) != (wantErr == nil) || gotErr != nil && gotErr.Error() != wantErr.Error() {
+		t.Fatalf("%s: error %v, token decoder %v", data, gotErr, wantErr)
+	}
+	if gotErr == nil && !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: %+v, token decoder %+v", data, got, want)
+	}
+}
+
+func BenchmarkDecodeFrame(b *testing.B) {
+	frame := []byte(`{"type":"send","to":"lg43","id":"c123456","text":"1234567890123456 padding padding padding padding 12"}`)
+	for _, bc := range []struct {
+		name   string
+		decode func([]byte) (inFrame, error)
+	}{{"fast", decodeFrame}, {"tokens", decodeTokens}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.decode(frame); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

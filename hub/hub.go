@@ -3,13 +3,17 @@
 // the wire protocol (docs/PROTOCOL.md) through a Store, and hands frames that
 // arrive from Redis pub/sub to the right local sockets.
 //
-// Each connection has one reader (the handler goroutine) and one writer
-// goroutine that owns every write, a bounded outbound queue, and a rate
-// limiter. Fan-out never blocks: a socket whose queue is full is closed
-// (1008) rather than delaying anyone else.
+// Each connection has one reader (a goroutine of the hub), a bounded
+// outbound queue, and a rate limiter. One goroutine at a time owns its
+// writes: a writer goroutine that exists only while there is something to
+// write, or the reader answering a request while nothing else is queued. A
+// hub-wide sweep pings silent sockets and drops stuck writes. Fan-out never
+// blocks: a socket whose queue is full is closed (1008) rather than
+// delaying anyone else.
 package hub
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -113,7 +117,8 @@ type Config struct {
 	ConnectBurst int
 	// MaxWatch bounds how many users one socket may watch. Defaults to 1000.
 	MaxWatch int
-	// WriteTimeout bounds each write. Defaults to 10 s.
+	// WriteTimeout bounds each write: a socket whose write takes longer is
+	// dropped (checked every second or more often). Defaults to 10 s.
 	WriteTimeout time.Duration
 	// PingInterval is how long a socket may be silent before a ping checks
 	// it; no pong within PingInterval/2 closes it. Defaults to 30 s.
@@ -141,6 +146,16 @@ type Hub struct {
 	count    int
 
 	connects *connectLimits
+
+	// The sweep goroutine runs while there are sockets (sweeping, guarded
+	// by mu); sweepStop wakes it when the last one ends.
+	sweeping  bool
+	sweepStop chan struct{}
+	sweeper   sync.WaitGroup
+
+	// bufs holds *bytes.Buffer for reading client frames; outBufs holds
+	// *[]byte for outboxes.
+	bufs, outBufs sync.Pool
 
 	draining atomic.Bool
 	wg       sync.WaitGroup
@@ -196,19 +211,73 @@ func New(cfg Config) *Hub {
 		cfg.Logger.Error("origin patterns refused: only the server's own host is allowed", "err", err)
 	}
 	return &Hub{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		m:        cfg.Metrics,
-		origins:  origins,
-		connects: newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
-		users:    map[string]map[*conn]struct{}{},
-		watchers: map[string]map[*conn]struct{}{},
-		resync:   make(chan struct{}, 1),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		origins:   origins,
+		connects:  newConnectLimits(cfg.ConnectRate, cfg.ConnectBurst),
+		users:     map[string]map[*conn]struct{}{},
+		watchers:  map[string]map[*conn]struct{}{},
+		sweepStop: make(chan struct{}, 1),
+		resync:    make(chan struct{}, 1),
 	}
 }
 
-// ServeHTTP upgrades an authenticated request to a WebSocket and runs it
-// until it closes. Before the upgrade, failed authentication is 401 (400
+// maxPooledBuf is the largest read buffer kept for reuse.
+const maxPooledBuf = 64 << 10
+
+func (h *Hub) getBuf() *bytes.Buffer {
+	if b, ok := h.bufs.Get().(*bytes.Buffer); ok {
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+func (h *Hub) putBuf(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuf {
+		return
+	}
+	b.Reset()
+	h.bufs.Put(b)
+}
+
+// sweepInterval is how often the sweep looks at every socket.
+func (h *Hub) sweepInterval() time.Duration {
+	return max(10*time.Millisecond, min(time.Second, h.cfg.PingInterval/2, h.cfg.WriteTimeout/2))
+}
+
+// sweep pings silent sockets and drops stuck writes (conn.sweep) while
+// there are sockets; it returns when the last one has ended.
+func (h *Hub) sweep() {
+	defer h.sweeper.Done()
+	tick := time.NewTicker(h.sweepInterval())
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-h.sweepStop:
+		}
+		h.mu.Lock()
+		if h.count == 0 {
+			h.sweeping = false
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		now := time.Now().UnixNano()
+		h.mu.RLock()
+		for _, set := range h.users {
+			for c := range set {
+				c.sweep(now)
+			}
+		}
+		h.mu.RUnlock()
+	}
+}
+
+// ServeHTTP upgrades an authenticated request to a WebSocket and returns;
+// a goroutine of the hub runs the socket until it closes (Shutdown waits
+// for it). Before the upgrade, failed authentication is 401 (400
 // for a request naming two users), a foreign browser origin 403, a user
 // over its connect rate or its socket cap 429 with Retry-After, and a
 // draining or full replica 503 (where trying another replica is right).
@@ -240,7 +309,6 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h:       h,
 		user:    user,
 		expires: expires,
-		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		limiter: rate.NewLimiter(h.cfg.Rate, h.cfg.Burst),
 	}
@@ -253,8 +321,14 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, status, retry, reason)
 		return
 	}
-	defer h.unregister(c)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	serving := false
+	defer func() {
+		if !serving {
+			h.unregister(c)
+		}
+	}()
+	uw := &upgradeWriter{ResponseWriter: w, pool: &h.outBufs}
+	ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // checkOrigin has checked the origin
 		OnPongReceived:     func(context.Context, []byte) { c.touch() },
 	})
@@ -264,10 +338,24 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(h.cfg.MaxFrameBytes)
+	if uw.out == nil {
+		// Not hijacked through uw: nothing else can have upgraded it.
+		ws.CloseNow()
+		return
+	}
 	h.mu.Lock()
-	c.ws = ws
+	c.ws, c.out = ws, uw.out
 	h.mu.Unlock()
-	c.run(r.Context())
+	// The socket runs in a goroutine of its own, owned by the hub (h.wg,
+	// until unregister), so that net/http's connection goroutine, with its
+	// deep stack, and the request it read end here: an idle socket keeps
+	// one small stack.
+	serving = true
+	ctx := context.WithoutCancel(r.Context())
+	go func() {
+		defer h.unregister(c)
+		c.run(ctx)
+	}()
 }
 
 // register adds c to the hub before it is upgraded, so that no frame
@@ -293,6 +381,11 @@ func (h *Hub) register(c *conn) (int, string) {
 	set[c] = struct{}{}
 	h.count++
 	h.wg.Add(1)
+	if !h.sweeping {
+		h.sweeping = true
+		h.sweeper.Add(1)
+		go h.sweep()
+	}
 	h.m.connOpened(len(set) == 1)
 	return 0, ""
 }
@@ -310,6 +403,12 @@ func (h *Hub) unregister(c *conn) {
 	}
 	h.count--
 	h.wg.Done()
+	if h.count == 0 {
+		select {
+		case h.sweepStop <- struct{}{}:
+		default:
+		}
+	}
 	for u := range c.watching {
 		if w := h.watchers[u]; w != nil {
 			delete(w, c)
@@ -459,6 +558,7 @@ func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
 	go func() { h.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		h.sweeper.Wait()
 		return nil
 	case <-ctx.Done():
 		h.mu.RLock()
@@ -471,6 +571,7 @@ func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
 		}
 		h.mu.RUnlock()
 		<-done
+		h.sweeper.Wait()
 		return ctx.Err()
 	}
 }

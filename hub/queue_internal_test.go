@@ -15,7 +15,7 @@ func testConn(t *testing.T, frames, bytes int) *conn {
 	t.Helper()
 	h := New(Config{QueueSize: frames, QueueBytes: bytes, Metrics: NewMetrics(prometheus.NewRegistry()),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	return &conn{h: h, user: "23", wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	return &conn{h: h, user: "23", quit: make(chan struct{})}
 }
 
 func TestEphemeralFramesAreDroppedOverHalfFull(t *testing.T) {
