@@ -59,6 +59,7 @@ func decodeTokens(data []byte) (inFrame, error) {
 		return f, badFrame("a frame must be a JSON object")
 	}
 	var seen uint16
+	var others map[string]struct{} // keys the protocol does not know
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
@@ -71,6 +72,14 @@ func decodeTokens(data []byte) (inFrame, error) {
 				return f, badFrame("%q is given twice", key)
 			}
 			seen |= bit
+		} else {
+			if _, dup := others[key]; dup {
+				return f, badFrame("%q is given twice", key)
+			}
+			if others == nil {
+				others = map[string]struct{}{}
+			}
+			others[key] = struct{}{}
 		}
 		if dst == nil {
 			var skip json.RawMessage
@@ -100,6 +109,7 @@ func decodeTokens(data []byte) (inFrame, error) {
 func plainKeys(data []byte) bool {
 	var f inFrame
 	var seen uint16
+	var unknown [][]byte
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return false
@@ -137,6 +147,15 @@ func plainKeys(data []byte) bool {
 			seen |= bit
 		} else if knownFold(key) {
 			return false
+		} else {
+			// An unknown key given twice is refused too: the token
+			// decoder says so. Frames hold few keys; a scan is cheap.
+			for _, k := range unknown {
+				if bytes.Equal(k, key) {
+					return false
+				}
+			}
+			unknown = append(unknown, key)
 		}
 		i = skipSpace(data, end+1)
 		if i >= len(data) || data[i] != ':' {

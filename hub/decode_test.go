@@ -30,6 +30,8 @@ func TestDecodeFrame(t *testing.T) {
 		{in: `{"Type":"ping"}`, want: inFrame{}},
 		{in: `{"type":"send","text":"a","text":"b"}`, wantErr: `"text" is given twice`},
 		{in: `{"type":"ping","type":"ping"}`, wantErr: `"type" is given twice`},
+		{in: `{"type":"ping","foo":1,"foo":2}`, wantErr: `"foo" is given twice`},
+		{in: `{"type":"ping","foo":1,"f\u006fo":2}`, wantErr: `"foo" is given twice`},
 		{in: `{"type":5}`, wantErr: `"type" must be a string`},
 		{in: `{"type":"history","before":1.5}`, wantErr: `"before" must be an integer`},
 		{in: `{"type":"history","limit":"2"}`, wantErr: `"limit" must be an integer`},
