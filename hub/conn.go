@@ -196,18 +196,9 @@ func (c *conn) dropQueueLocked() {
 // slowCloseGrace (a writer stuck on a full socket cannot send it).
 func (c *conn) closeSlow(frames, bytes int) {
 	c.closing.Store(true)
-	first := false
-	c.quitOnce.Do(func() {
-		first = true
-		c.quitCode, c.quitWhy = websocket.StatusPolicyViolation, "slow consumer: outbound queue full"
-		close(c.quit)
-	})
-	if !first {
+	if !c.shutdown(websocket.StatusPolicyViolation, "slow consumer: outbound queue full") {
 		return // already closing for another reason
 	}
-	c.qmu.Lock()
-	c.kickLocked()
-	c.qmu.Unlock()
 	c.h.m.slowConsumer()
 	c.h.log.Warn("closed a slow consumer", "user", c.user, "queued_frames", frames, "queued_bytes", bytes)
 	if ws := c.ws; ws != nil {
@@ -253,15 +244,19 @@ func (c *conn) flush() bool {
 	return true
 }
 
-// shutdown asks for a close with code; the first call wins.
-func (c *conn) shutdown(code websocket.StatusCode, why string) {
+// shutdown asks for a close with code; the first call wins, and only it
+// reports true.
+func (c *conn) shutdown(code websocket.StatusCode, why string) bool {
+	first := false
 	c.quitOnce.Do(func() {
+		first = true
 		c.quitCode, c.quitWhy = code, why
 		close(c.quit)
 	})
 	c.qmu.Lock()
 	c.kickLocked()
 	c.qmu.Unlock()
+	return first
 }
 
 // run sets the connection up, then reads until it ends. It returns only
@@ -732,6 +727,10 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		}
 		page.Read = st.Read
 	}
+	// A page, unlike a small reply, always goes through the queue: a client
+	// that asks for pages without reading them then goes over its byte bound
+	// and is closed at once, instead of holding its reader in a stalled
+	// write until the write timeout.
 	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
 		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
 			Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More || cut}
@@ -772,6 +771,7 @@ func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
 		c.storeFailed(id, "inbox", err)
 		return
 	}
+	// Through the queue, as a history page is (see history).
 	c.enqueue(outItem{frame: encodeCut(len(convs), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
 		return inboxFrame{Type: "inbox", ID: id, Conversations: convs[:k], More: more || cut}
 	})})
