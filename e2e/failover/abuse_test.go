@@ -2,8 +2,6 @@ package failover
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -30,32 +28,12 @@ func TestOneUserOverItsCap(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	lookTool(t, "redis-server")
-	lookTool(t, "redis-cli")
-	lookTool(t, "nginx")
-
-	root := moduleRoot(t)
-	tmp := t.TempDir()
-	logDir := filepath.Join(tmp, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"chatd-a", "chatd-b", "chatd-c"}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, name := range append([]string{"redis", "nginx"}, names...) {
-				t.Logf("--- last lines of %s's log:\n%s", name, tail(filepath.Join(logDir, name+".log"), 30))
-			}
-		}
-	})
+	root, tmp, logDir := workspace(t, append([]string{"redis", "nginx"}, names...)...)
 
 	bin := buildChatd(ctx, t, root, tmp)
 	redisAddr, _ := startRedis(ctx, t, filepath.Join(tmp, "redis"), logDir)
-	secretBytes := make([]byte, 32)
-	if _, err := rand.Read(secretBytes); err != nil {
-		t.Fatal(err)
-	}
-	secret := hex.EncodeToString(secretBytes)
+	secret := randomSecret(t)
 	const perUser = 2
 	ports := map[string]int{}
 	for _, name := range names {

@@ -2,8 +2,6 @@ package failover
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -45,37 +43,14 @@ func TestFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
 
-	// Tools first: with CHATD_E2E=1 a missing one is a failure.
-	lookTool(t, "redis-server")
-	lookTool(t, "redis-cli")
-	lookTool(t, "nginx")
-
-	root := moduleRoot(t)
-	tmp := t.TempDir()
-	logDir := filepath.Join(tmp, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// Registered before any process: runs after they have all been stopped.
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		for _, name := range []string{"redis", "chatd-a", "chatd-b", "chatd-c", "nginx"} {
-			logf("--- last lines of %s's log:\n%s", name, tail(filepath.Join(logDir, name+".log"), 40))
-		}
-	})
+	root, tmp, logDir := workspace(t, "redis", "chatd-a", "chatd-b", "chatd-c", "nginx")
 
 	logf("building chatd in %s", root)
 	bin := buildChatd(ctx, t, root, tmp)
 	redisAddr, rdb := startRedis(ctx, t, filepath.Join(tmp, "redis"), logDir)
 	logf("redis on %s", redisAddr)
 
-	secretBytes := make([]byte, 32)
-	if _, err := rand.Read(secretBytes); err != nil {
-		t.Fatal(err)
-	}
-	secret := hex.EncodeToString(secretBytes)
+	secret := randomSecret(t)
 
 	replicas := map[string]*replica{}
 	ports := map[string]int{}

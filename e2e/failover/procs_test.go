@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -456,4 +458,41 @@ func metricsLines(ctx context.Context, url string) (int, error) {
 		}
 	}
 	return n, sc.Err()
+}
+
+// workspace checks that the tools the multi-replica tests run are there
+// (with CHATD_E2E=1 a missing one is a failure), and returns the module
+// root, a temporary folder and the logs folder in it. When the test fails,
+// it prints the last lines of each named process's log, after every
+// process has been stopped (it is registered before any is started).
+func workspace(t *testing.T, procs ...string) (root, tmp, logDir string) {
+	t.Helper()
+	lookTool(t, "redis-server")
+	lookTool(t, "redis-cli")
+	lookTool(t, "nginx")
+	root = moduleRoot(t)
+	tmp = t.TempDir()
+	logDir = filepath.Join(tmp, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, name := range procs {
+			t.Logf("--- last lines of %s's log:\n%s", name, tail(filepath.Join(logDir, name+".log"), 40))
+		}
+	})
+	return root, tmp, logDir
+}
+
+// randomSecret returns a token secret of 32 random bytes, in hex.
+func randomSecret(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }
