@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
-	"github.com/chatd/chatd/store"
 )
 
 // dialNonReader connects user with a 4 KiB receive buffer and never reads:
@@ -85,7 +85,7 @@ func TestNonReaderAskingHistoryIsBoundedInBytes(t *testing.T) {
 	}))
 	text := strings.Repeat("<", 4096)
 	for i := range 200 {
-		if _, _, err := r.store.Send(t.Context(), store.SendRequest{From: "43", To: "23", Text: text}); err != nil {
+		if _, _, err := r.store.Send(t.Context(), chat.SendRequest{From: "43", To: "23", Text: text}); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
@@ -139,7 +139,7 @@ func TestHistoryRepliesAreNotHTMLEscaped(t *testing.T) {
 	t.Parallel()
 	r := newCluster(t).replica("a")
 	text := "<b>&amp;</b> \u2028 x"
-	if _, _, err := r.store.Send(t.Context(), store.SendRequest{From: "43", To: "23", Text: text}); err != nil {
+	if _, _, err := r.store.Send(t.Context(), chat.SendRequest{From: "43", To: "23", Text: text}); err != nil {
 		t.Fatal(err)
 	}
 	ws, _, err := websocket.Dial(t.Context(), r.wsURL("user=23"), nil)
@@ -170,7 +170,7 @@ func TestLargeHistoryPageIsCutToFit(t *testing.T) {
 	r := newCluster(t).replica("a", withHub(func(c *hub.Config) { c.QueueBytes = 256 << 10 }))
 	text := strings.Repeat("\x01", 4096) // six bytes each in JSON
 	for i := range 30 {
-		if _, _, err := r.store.Send(t.Context(), store.SendRequest{From: "43", To: "23", Text: text}); err != nil {
+		if _, _, err := r.store.Send(t.Context(), chat.SendRequest{From: "43", To: "23", Text: text}); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}

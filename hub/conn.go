@@ -6,16 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
-
-	"github.com/chatd/chatd/store"
 )
 
 // outItem is one queued frame; stored is when a message was stored (unix
@@ -475,8 +473,10 @@ func (c *conn) readLoop(ctx context.Context) error {
 // socket's writes, the reader writes the reply itself, which spares a
 // hand-off to a writer goroutine; otherwise the reply is queued behind
 // what is there.
-func (c *conn) reply(v any) {
-	frame := encode(v)
+func (c *conn) reply(v any) { c.replyFrame(encode(v)) }
+
+// replyFrame answers a request with a rendered frame, as reply does.
+func (c *conn) replyFrame(frame []byte) {
 	c.qmu.Lock()
 	if !c.live || c.writing || c.ended || len(c.queue) > 0 || c.slow.Load() || c.quitting() {
 		c.qmu.Unlock()
@@ -630,8 +630,8 @@ func (c *conn) checkUser(id, field, user string) bool {
 		c.fail(id, CodeBadRequest, fmt.Sprintf("%q is required", field))
 		return false
 	}
-	if err := store.ValidateUser(user); err != nil {
-		c.fail(id, CodeBadRequest, fmt.Sprintf("%s: %s", field, clientText(err)))
+	if err := chat.ValidateUser(user); err != nil {
+		c.fail(id, CodeBadRequest, fmt.Sprintf("%s: %s", field, err))
 		return false
 	}
 	return true
@@ -643,24 +643,14 @@ func (c *conn) storeFailed(id, what string, err error) {
 	switch {
 	case errors.Is(err, context.Canceled):
 		return // the socket ended while the call ran: nobody to answer
-	case errors.Is(err, store.ErrTooLarge):
-		c.fail(id, CodeTooLarge, clientText(err))
-	case errors.Is(err, store.ErrInvalid):
-		c.fail(id, CodeBadRequest, clientText(err))
+	case errors.Is(err, chat.ErrTooLarge):
+		c.fail(id, CodeTooLarge, err.Error())
+	case errors.Is(err, chat.ErrInvalid):
+		c.fail(id, CodeBadRequest, err.Error())
 	default:
 		c.h.log.Error(what+" failed", "user", c.user, "err", err)
 		c.fail(id, CodeUnavailable, what+" failed: storage unavailable, retry with the same id")
 	}
-}
-
-// clientText drops the package tags ("store: invalid request: ") from a
-// validation error, leaving the words meant for a client.
-func clientText(err error) string {
-	s := err.Error()
-	for _, p := range []string{store.ErrInvalid.Error() + ": ", store.ErrTooLarge.Error() + ": ", "store: "} {
-		s = strings.TrimPrefix(s, p)
-	}
-	return s
 }
 
 func (c *conn) send(ctx context.Context, id string, f *inFrame) {
@@ -672,12 +662,12 @@ func (c *conn) send(ctx context.Context, id string, f *inFrame) {
 		return
 	}
 	if f.ID != nil {
-		if err := store.ValidateClientID(id); err != nil {
-			c.fail(id, CodeBadRequest, clientText(err))
+		if err := chat.ValidateClientID(id); err != nil {
+			c.fail(id, CodeBadRequest, err.Error())
 			return
 		}
 	}
-	msg, dup, err := c.h.cfg.Store.Send(ctx, store.SendRequest{
+	msg, dup, err := c.h.cfg.Store.Send(ctx, chat.SendRequest{
 		From: c.user, To: f.To, Text: *f.Text, ClientID: id, Origin: c.id,
 	})
 	if err != nil {
@@ -687,7 +677,7 @@ func (c *conn) send(ctx context.Context, id string, f *inFrame) {
 	if !dup {
 		c.h.m.stored()
 	}
-	c.reply(sentFrame{Type: "sent", ID: id, Message: msg})
+	c.replyFrame(sentFrame(id, msg))
 }
 
 func (c *conn) history(ctx context.Context, id string, f *inFrame) {
@@ -702,10 +692,10 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 		}
 		before = *f.Before
 	}
-	limit := store.DefaultPageSize
+	limit := chat.DefaultPageSize
 	if f.Limit != nil {
-		if *f.Limit < 1 || *f.Limit > store.MaxPageSize {
-			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, store.MaxPageSize))
+		if *f.Limit < 1 || *f.Limit > chat.MaxPageSize {
+			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, chat.MaxPageSize))
 			return
 		}
 		limit = *f.Limit
@@ -732,7 +722,7 @@ func (c *conn) history(ctx context.Context, id string, f *inFrame) {
 	// and is closed at once, instead of holding its reader in a stalled
 	// write until the write timeout.
 	c.enqueue(outItem{frame: encodeCut(len(page.Messages), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
-		return historyFrame{Type: "history", ID: id, With: f.With, Messages: page.Messages[:k],
+		return historyFrame{Type: "history", ID: id, With: f.With, Messages: messageList(page.Messages[:k]),
 			Unread: page.Unread, Read: page.Read, PeerRead: page.PeerRead, More: page.More || cut}
 	})})
 }
@@ -758,10 +748,10 @@ func (c *conn) read(ctx context.Context, id string, f *inFrame) {
 }
 
 func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
-	limit := store.DefaultInboxSize
+	limit := chat.DefaultInboxSize
 	if f.Limit != nil {
-		if *f.Limit < 1 || *f.Limit > store.MaxInboxSize {
-			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, store.MaxInboxSize))
+		if *f.Limit < 1 || *f.Limit > chat.MaxInboxSize {
+			c.fail(id, CodeBadRequest, fmt.Sprintf(`"limit" must be 1 to %d`, chat.MaxInboxSize))
 			return
 		}
 		limit = *f.Limit
@@ -773,7 +763,7 @@ func (c *conn) inbox(ctx context.Context, id string, f *inFrame) {
 	}
 	// Through the queue, as a history page is (see history).
 	c.enqueue(outItem{frame: encodeCut(len(convs), c.h.cfg.QueueBytes/2, func(k int, cut bool) any {
-		return inboxFrame{Type: "inbox", ID: id, Conversations: convs[:k], More: more || cut}
+		return inboxFrame{Type: "inbox", ID: id, Conversations: conversationList(convs[:k]), More: more || cut}
 	})})
 }
 

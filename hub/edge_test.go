@@ -15,9 +15,9 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
 	"github.com/chatd/chatd/internal/redistest"
-	"github.com/chatd/chatd/store"
 )
 
 func TestPresenceQueryWatchAndExpiry(t *testing.T) {
@@ -345,7 +345,7 @@ type gateStore struct {
 	release chan struct{}
 }
 
-func (g gateStore) Send(ctx context.Context, req store.SendRequest) (store.Message, bool, error) {
+func (g gateStore) Send(ctx context.Context, req chat.SendRequest) (chat.Message, bool, error) {
 	g.entered <- struct{}{}
 	<-g.release
 	return g.Store.Send(ctx, req)

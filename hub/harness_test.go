@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
 	"github.com/chatd/chatd/internal/redistest"
 	"github.com/chatd/chatd/presence"
@@ -85,7 +86,7 @@ func (cl *cluster) replica(name string, opts ...option) *replica {
 	for _, o := range opts {
 		o(&cfg, &secret)
 	}
-	cfg.Auth = auth.New(secret, store.ValidateUser)
+	cfg.Auth = auth.New(secret, chat.ValidateUser)
 	h = hub.New(cfg)
 	r := &replica{name: name, hub: h, store: st, tracker: tr, rdb: rdb, done: make(chan struct{})}
 	r.sub = st.Subscribe(name, h)

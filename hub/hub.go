@@ -23,31 +23,30 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
-
-	"github.com/chatd/chatd/store"
 )
 
 // Store is what the hub needs from chatd's data layer (store.Store).
-// Validation failures wrap store.ErrInvalid or store.ErrTooLarge; any other
-// error means the data layer is unavailable. It must be safe for
+// Validation failures are *chat.Error (chat.ErrInvalid or
+// chat.ErrTooLarge); any other error means the data layer is unavailable. It must be safe for
 // concurrent use.
 type Store interface {
 	// Send stores a message and routes it live; dup is true for a repeated
 	// (sender, client id), with the first message.
-	Send(ctx context.Context, req store.SendRequest) (msg store.Message, dup bool, err error)
+	Send(ctx context.Context, req chat.SendRequest) (msg chat.Message, dup bool, err error)
 	// History reads a page with both users' read positions; it marks
 	// nothing read.
-	History(ctx context.Context, user, peer string, before int64, limit int) (store.Page, error)
+	History(ctx context.Context, user, peer string, before int64, limit int) (chat.Page, error)
 	// MarkRead moves the user's read position forward to seq (0: the
 	// newest), sends a receipt to both sides and the new unread count to
 	// the user's other sockets.
-	MarkRead(ctx context.Context, user, peer string, seq int64, origin string) (store.ReadState, error)
+	MarkRead(ctx context.Context, user, peer string, seq int64, origin string) (chat.ReadState, error)
 	// Unread returns the user's unread counts by peer (only those above 0).
 	Unread(ctx context.Context, user string) (map[string]int64, error)
 	// Inbox returns the user's most recent conversations and whether there are more.
-	Inbox(ctx context.Context, user string, limit int) ([]store.Conversation, bool, error)
+	Inbox(ctx context.Context, user string, limit int) ([]chat.Conversation, bool, error)
 	// Typing routes an ephemeral typing frame to the peer's sockets.
 	Typing(ctx context.Context, user, peer string) error
 }
@@ -467,9 +466,14 @@ func (h *Hub) watch(c *conn, users []string, on bool) bool {
 	return true
 }
 
-// Deliver hands a frame from pub/sub to every local socket of its users
-// except the one it came from. It never blocks.
-func (h *Hub) Deliver(d store.Delivery) {
+// Deliver hands an event from pub/sub to every local socket of its users
+// except the one it came from, as one frame rendered once. It never blocks.
+func (h *Hub) Deliver(d chat.Delivery) {
+	frame := deliveryFrame(d)
+	if frame == nil {
+		h.log.Warn("dropping a delivery of unknown kind", "kind", string(rune(d.Kind)))
+		return
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for i, u := range d.Users {
@@ -481,12 +485,12 @@ func (h *Hub) Deliver(d store.Delivery) {
 				continue
 			}
 			switch d.Kind {
-			case 't':
-				c.enqueueEphemeral(d.Frame, true)
-			case 'r', 'u':
-				c.enqueueEphemeral(d.Frame, false)
+			case chat.KindTyping:
+				c.enqueueEphemeral(frame, true)
+			case chat.KindReceipt, chat.KindUnread:
+				c.enqueueEphemeral(frame, false)
 			default:
-				it := outItem{frame: d.Frame}
+				it := outItem{frame: frame}
 				if !d.Stored.IsZero() {
 					it.stored = d.Stored.UnixMicro()
 				}

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
 
 // benchText is a message of a typical length.
@@ -31,7 +33,7 @@ func BenchmarkSend(b *testing.B) {
 				wg.Go(func() {
 					from, to := strconv.Itoa(100000+g), strconv.Itoa(200000+g)
 					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-						req := SendRequest{From: from, To: to, Text: benchText, ClientID: "b" + strconv.FormatInt(i, 10)}
+						req := chat.SendRequest{From: from, To: to, Text: benchText, ClientID: "b" + strconv.FormatInt(i, 10)}
 						if _, _, err := f.s.Send(ctx, req); err != nil {
 							b.Error(err)
 							return
@@ -53,7 +55,7 @@ func BenchmarkHistoryPage(b *testing.B) {
 	const length = 10000
 	f := newFixture(b, Config{Now: time.Now})
 	ctx := context.Background()
-	conv := ConvKey("23", "43")
+	conv := chat.ConvKey("23", "43")
 	ts := time.Now().Add(-time.Hour)
 	for done := 0; done < length; {
 		pipe := f.r.Client.Pipeline()
@@ -71,17 +73,17 @@ func BenchmarkHistoryPage(b *testing.B) {
 		before int64
 	}{{"newest", 0}, {"middle", length / 2}} {
 		b.Run(bc.name, func(b *testing.B) {
-			page, err := f.s.History(ctx, "43", "23", bc.before, DefaultPageSize)
+			page, err := f.s.History(ctx, "43", "23", bc.before, chat.DefaultPageSize)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if len(page.Messages) != DefaultPageSize || !page.More {
+			if len(page.Messages) != chat.DefaultPageSize || !page.More {
 				b.Fatalf("page of %d messages, more %v", len(page.Messages), page.More)
 			}
 			b.ReportAllocs()
 			start := time.Now()
 			for b.Loop() {
-				if _, err := f.s.History(ctx, "43", "23", bc.before, DefaultPageSize); err != nil {
+				if _, err := f.s.History(ctx, "43", "23", bc.before, chat.DefaultPageSize); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -107,7 +109,7 @@ func BenchmarkReady(b *testing.B) {
 					for i := w; i < convs; i += 16 {
 						peer := strconv.Itoa(100000 + i)
 						for range each {
-							if _, _, err := f.s.Send(ctx, SendRequest{From: peer, To: user, Text: benchText}); err != nil {
+							if _, _, err := f.s.Send(ctx, chat.SendRequest{From: peer, To: user, Text: benchText}); err != nil {
 								errs <- err
 								return
 							}

@@ -3,7 +3,6 @@ package store
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -85,9 +85,9 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 }
 
 // send stores a message and fails the test on error.
-func (f *fixture) send(t testing.TB, from, to, text string) Message {
+func (f *fixture) send(t testing.TB, from, to, text string) chat.Message {
 	t.Helper()
-	m, dup, err := f.s.Send(f.ctx, SendRequest{From: from, To: to, Text: text})
+	m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: from, To: to, Text: text})
 	if err != nil {
 		t.Fatalf("Send %s→%s %q: %v", from, to, text, err)
 	}
@@ -199,7 +199,7 @@ func (f *fixture) expire(t testing.TB, key string, d time.Duration) {
 }
 
 // wantSeqs fails unless msgs have exactly the seqs want, in order.
-func wantSeqs(t testing.TB, msgs []Message, want ...int64) {
+func wantSeqs(t testing.TB, msgs []chat.Message, want ...int64) {
 	t.Helper()
 	got := make([]int64, len(msgs))
 	for i, m := range msgs {
@@ -222,7 +222,7 @@ func seqRange(hi, lo int64) []int64 {
 // recorder is a fake Events: it keeps what arrives and signals each arrival.
 type recorder struct {
 	mu         sync.Mutex
-	deliveries []Delivery
+	deliveries []chat.Delivery
 	presence   []string // "user 1" or "user 0"
 	resyncs    int
 	changed    chan struct{}
@@ -237,7 +237,7 @@ func (r *recorder) signal() {
 	}
 }
 
-func (r *recorder) Deliver(d Delivery) {
+func (r *recorder) Deliver(d chat.Delivery) {
 	r.mu.Lock()
 	r.deliveries = append(r.deliveries, d)
 	r.mu.Unlock()
@@ -262,14 +262,14 @@ func (r *recorder) Resync() {
 	r.signal()
 }
 
-func (r *recorder) snapshot() ([]Delivery, []string) {
+func (r *recorder) snapshot() ([]chat.Delivery, []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.deliveries), slices.Clone(r.presence)
 }
 
 // waitDeliveries waits until at least n deliveries arrived and returns them.
-func (r *recorder) waitDeliveries(t testing.TB, n int) []Delivery {
+func (r *recorder) waitDeliveries(t testing.TB, n int) []chat.Delivery {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
@@ -336,22 +336,6 @@ func barrier(t testing.TB, sub *Subscriber) {
 	if _, err := sub.Canary(ctx); err != nil {
 		t.Fatalf("Canary: %v", err)
 	}
-}
-
-// frameMessage parses a "message" frame and returns its message.
-func frameMessage(t testing.TB, frame []byte) Message {
-	t.Helper()
-	var v struct {
-		Type    string   `json:"type"`
-		Message *Message `json:"message"`
-	}
-	if err := json.Unmarshal(frame, &v); err != nil {
-		t.Fatalf("frame %s is not JSON: %v", frame, err)
-	}
-	if v.Type != "message" || v.Message == nil {
-		t.Fatalf("frame %s: want type message with a message", frame)
-	}
-	return *v.Message
 }
 
 // commands counts the commands a client sends, by name, leaving out the

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/chatd/chatd/chat"
 )
 
 // fill sends n messages 23→43 with texts "m1".."mn" and returns the conversation.
@@ -22,7 +24,7 @@ func (f *fixture) fill(t testing.TB, n int) string {
 }
 
 // checkTexts fails unless each message's text is "m<seq>".
-func checkTexts(t testing.TB, msgs []Message) {
+func checkTexts(t testing.TB, msgs []chat.Message) {
 	t.Helper()
 	for _, m := range msgs {
 		if want := fmt.Sprintf("m%d", m.Seq); m.Text != want || m.From != "23" || m.To != "43" || m.Conv != "43-23" {
@@ -100,10 +102,10 @@ func TestHistoryEmptyAndInvalid(t *testing.T) {
 		{"invalid peer", "23", "", 0, 50},
 	} {
 		_, err := f.s.History(f.ctx, tt.user, tt.peer, tt.before, tt.limit)
-		mustErr(t, err, ErrInvalid, tt.name)
+		mustErr(t, err, chat.ErrInvalid, tt.name)
 	}
-	if _, err := f.s.History(f.ctx, "23", "43", 0, MaxPageSize); err != nil {
-		t.Fatalf("limit %d: %v", MaxPageSize, err)
+	if _, err := f.s.History(f.ctx, "23", "43", 0, chat.MaxPageSize); err != nil {
+		t.Fatalf("limit %d: %v", chat.MaxPageSize, err)
 	}
 	if ks := f.keysUnder(t); len(ks) != 0 {
 		t.Fatalf("History wrote keys %q", ks)
@@ -237,7 +239,7 @@ func TestHistorySeedElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Message{
+	want := []chat.Message{
 		m,
 		{Conv: "43-23", Seq: 4, From: "23", To: "43", Text: "q\"b\\n\n", Time: 1732567893.25},
 		{Conv: "43-23", Seq: 3, From: "23", To: "43", Text: "raw 你好 🎉", Time: 1732567892},
@@ -265,7 +267,7 @@ func TestHistoryStringIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Message{m, {Conv: "bob-alice", Seq: 1, From: "alice", To: "bob", Text: "from the seed", Time: 1.5}}
+	want := []chat.Message{m, {Conv: "bob-alice", Seq: 1, From: "alice", To: "bob", Text: "from the seed", Time: 1.5}}
 	if !slices.Equal(page.Messages, want) {
 		t.Fatalf("History = %+v, want %+v", page.Messages, want)
 	}
@@ -289,7 +291,7 @@ func TestHistoryPagingWhileSending(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			for i := range each {
-				if _, _, err := f.s.Send(f.ctx, SendRequest{From: "43", To: "23", Text: fmt.Sprintf("new %d-%d", w, i)}); err != nil {
+				if _, _, err := f.s.Send(f.ctx, chat.SendRequest{From: "43", To: "23", Text: fmt.Sprintf("new %d-%d", w, i)}); err != nil {
 					errs <- err
 				}
 			}

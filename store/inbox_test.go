@@ -6,13 +6,15 @@ import (
 	"maps"
 	"testing"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
 
 func TestMarkRead(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
 	st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "")
-	if err != nil || st != (ReadState{}) {
+	if err != nil || st != (chat.ReadState{}) {
 		t.Fatalf("MarkRead of an empty conversation = %+v, %v; want zero", st, err)
 	}
 	if ks := f.keysUnder(t); len(ks) != 0 {
@@ -21,7 +23,7 @@ func TestMarkRead(t *testing.T) {
 	f.fill(t, 3)
 	f.send(t, "65", "43", "other")
 	st, err = f.s.MarkRead(f.ctx, "43", "23", 0, "r1 c1")
-	if err != nil || st != (ReadState{Last: 3, Read: 3, Unread: 0}) {
+	if err != nil || st != (chat.ReadState{Last: 3, Read: 3, Unread: 0}) {
 		t.Fatalf("MarkRead = %+v, %v; want last 3, read 3, unread 0", st, err)
 	}
 	if got := f.unreadField(t, "43", "43-23"); got != "0" {
@@ -38,7 +40,7 @@ func TestMarkRead(t *testing.T) {
 	}
 	for _, bad := range [][2]string{{"", "23"}, {"43", "2-3"}} {
 		_, err := f.s.MarkRead(f.ctx, bad[0], bad[1], 0, "")
-		mustErr(t, err, ErrInvalid, "MarkRead "+bad[0]+" "+bad[1])
+		mustErr(t, err, chat.ErrInvalid, "MarkRead "+bad[0]+" "+bad[1])
 	}
 }
 
@@ -113,7 +115,7 @@ func TestInbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 23's last send read everything before it in that conversation.
-	want := []Conversation{
+	want := []chat.Conversation{
 		{With: "alice", Unread: 0, Read: 3, PeerRead: 2, Last: &lastAlice},
 		{With: "43", Unread: 1, Read: 1, PeerRead: 2, Last: &last43},
 		{With: "65", Unread: 1, Read: 0, PeerRead: 1, Last: &last65},
@@ -163,12 +165,12 @@ func TestInbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "23", Unread: 1, Read: 2, PeerRead: 3, Last: &lastAlice}})
+	checkInbox(t, convs, []chat.Conversation{{With: "23", Unread: 1, Read: 2, PeerRead: 3, Last: &lastAlice}})
 	convs, _, err = f.s.Inbox(f.ctx, "43", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "23", Unread: 0, Read: 2, PeerRead: 2, Last: &last43}})
+	checkInbox(t, convs, []chat.Conversation{{With: "23", Unread: 0, Read: 2, PeerRead: 2, Last: &last43}})
 
 	convs, more, err = f.s.Inbox(f.ctx, "nobody", 0)
 	if err != nil || len(convs) != 0 || more {
@@ -179,10 +181,10 @@ func TestInbox(t *testing.T) {
 		limit int
 	}{{"23", 501}, {"23", -1}, {"2:3", 10}} {
 		_, _, err := f.s.Inbox(f.ctx, tt.user, tt.limit)
-		mustErr(t, err, ErrInvalid, "Inbox "+tt.user)
+		mustErr(t, err, chat.ErrInvalid, "Inbox "+tt.user)
 	}
-	if _, _, err := f.s.Inbox(f.ctx, "23", MaxInboxSize); err != nil {
-		t.Fatalf("limit %d: %v", MaxInboxSize, err)
+	if _, _, err := f.s.Inbox(f.ctx, "23", chat.MaxInboxSize); err != nil {
+		t.Fatalf("limit %d: %v", chat.MaxInboxSize, err)
 	}
 }
 
@@ -207,10 +209,10 @@ func TestInboxSeedConversations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seedLast := Message{Conv: "77-23", Seq: 2, From: "77", To: "23", Text: "seed 二", Time: now}
+	seedLast := chat.Message{Conv: "77-23", Seq: 2, From: "77", To: "23", Text: "seed 二", Time: now}
 	// The seed's conversation: the seed's counts give the positions (77 has
 	// no count: it has read everything).
-	checkInbox(t, convs, []Conversation{
+	checkInbox(t, convs, []chat.Conversation{
 		{With: "77", Unread: 2, Read: 0, PeerRead: 2, Last: &seedLast},
 		{With: "43", Unread: 1, Read: 0, PeerRead: 1, Last: &old},
 	})
@@ -221,7 +223,7 @@ func TestInboxSeedConversations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "77", Unread: 2, Read: 0, PeerRead: 2, Last: &seedLast}})
+	checkInbox(t, convs, []chat.Conversation{{With: "77", Unread: 2, Read: 0, PeerRead: 2, Last: &seedLast}})
 	if !more {
 		t.Fatal("limit 1 of 2: more = false")
 	}
@@ -243,7 +245,7 @@ func TestInboxIgnoresJunkUnreadFields(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inbox with junk fields in the unread hash: %v", err)
 	}
-	checkInbox(t, convs, []Conversation{{With: "43", Unread: 1, PeerRead: 1, Last: &last}})
+	checkInbox(t, convs, []chat.Conversation{{With: "43", Unread: 1, PeerRead: 1, Last: &last}})
 }
 
 func TestInboxMalformedLast(t *testing.T) {
@@ -256,7 +258,7 @@ func TestInboxMalformedLast(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A malformed element holds a seq, and it is not 23's own: it counts.
-	checkInbox(t, convs, []Conversation{{With: "43", Unread: 2, Read: 0, PeerRead: 1, Last: nil}})
+	checkInbox(t, convs, []chat.Conversation{{With: "43", Unread: 2, Read: 0, PeerRead: 1, Last: nil}})
 	if _, err := json.Marshal(convs); err != nil {
 		t.Fatalf("inbox cannot be encoded: %v", err)
 	}
@@ -267,9 +269,9 @@ func jsonFloat(f float64) string {
 	return string(b)
 }
 
-func checkInbox(t testing.TB, got, want []Conversation) {
+func checkInbox(t testing.TB, got, want []chat.Conversation) {
 	t.Helper()
-	show := func(cs []Conversation) string {
+	show := func(cs []chat.Conversation) string {
 		b, _ := json.Marshal(cs)
 		return string(b)
 	}

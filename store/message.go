@@ -8,17 +8,10 @@ import (
 	"math"
 	"strconv"
 	"time"
-)
 
-// Message is one stored chat message as the wire protocol shows it.
-type Message struct {
-	Conv string  `json:"conv"`
-	Seq  int64   `json:"seq"`
-	From string  `json:"from"`
-	To   string  `json:"to"`
-	Text string  `json:"text"`
-	Time float64 `json:"time"`
-}
+	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/internal/jsonstr"
+)
 
 // element is a list entry in the seed's format. Ids are JSON numbers when
 // they are decimal integers (as the seed writes them) and strings otherwise.
@@ -34,41 +27,10 @@ var errMalformed = errors.New("malformed list element")
 
 // appendID writes a user id as the seed would: a number when decimal.
 func appendID(b []byte, id string) []byte {
-	if isDecimal(id) {
+	if chat.IsDecimal(id) {
 		return append(b, id...)
 	}
 	return strconv.AppendQuote(b, id)
-}
-
-// appendJSONString writes s as a JSON string, as encoding/json does but
-// without HTML escaping: quote, backslash and control characters escaped,
-// everything else (valid UTF-8, checked before) as it is.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
-		}
-		start = i + 1
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
 
 // formatTime renders seconds since the epoch with a fraction, as the
@@ -90,7 +52,7 @@ func encodeElement(from, to, text string, ts []byte) []byte {
 	b = append(b, `,"toid":`...)
 	b = appendID(b, to)
 	b = append(b, `,"msg":`...)
-	b = appendJSONString(b, text)
+	b = jsonstr.Append(b, text)
 	b = append(b, `,"time":`...)
 	b = append(b, ts...)
 	return append(b, '}')
@@ -113,7 +75,7 @@ func decodeID(raw json.RawMessage) (string, error) {
 	if err := json.Unmarshal(raw, &n); err != nil {
 		return "", fmt.Errorf("%w: id: %v", errMalformed, err)
 	}
-	if !isDecimal(n.String()) { // only integers name users: 2.5 or 1e3 is no id
+	if !chat.IsDecimal(n.String()) { // only integers name users: 2.5 or 1e3 is no id
 		return "", fmt.Errorf("%w: id %s is not an integer", errMalformed, n)
 	}
 	return n.String(), nil
@@ -137,25 +99,25 @@ func decodeTime(raw json.RawMessage) (float64, error) {
 }
 
 // decodeElement parses a list entry of conversation conv at position seq.
-func decodeElement(conv string, seq int64, data string) (Message, error) {
+func decodeElement(conv string, seq int64, data string) (chat.Message, error) {
 	var e element
 	if err := json.Unmarshal([]byte(data), &e); err != nil {
-		return Message{}, fmt.Errorf("%w: %v", errMalformed, err)
+		return chat.Message{}, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	from, err := decodeID(e.FromID)
 	if err != nil {
-		return Message{}, err
+		return chat.Message{}, err
 	}
 	to, err := decodeID(e.ToID)
 	if err != nil {
-		return Message{}, err
+		return chat.Message{}, err
 	}
 	if e.Msg == nil {
-		return Message{}, fmt.Errorf("%w: missing msg", errMalformed)
+		return chat.Message{}, fmt.Errorf("%w: missing msg", errMalformed)
 	}
 	ts, err := decodeTime(e.Time)
 	if err != nil {
-		return Message{}, err
+		return chat.Message{}, err
 	}
-	return Message{Conv: conv, Seq: seq, From: from, To: to, Text: *e.Msg, Time: ts}, nil
+	return chat.Message{Conv: conv, Seq: seq, From: from, To: to, Text: *e.Msg, Time: ts}, nil
 }

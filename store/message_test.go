@@ -4,106 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"strings"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
-
-func TestValidateText(t *testing.T) {
-	t.Parallel()
-	a := func(n int) string { return strings.Repeat("a", n) }
-	tests := []struct {
-		name string
-		text string
-		want error // nil: valid
-	}{
-		{"empty", "", ErrInvalid},
-		{"1 byte", "a", nil},
-		{"4096 bytes", a(4096), nil},
-		{"4097 bytes", a(4097), ErrTooLarge},
-		{"8192 bytes", a(8192), ErrTooLarge},
-		{"2-byte rune ends at 4096", a(4094) + "é", nil},
-		{"2-byte rune ends at 4097", a(4095) + "é", ErrTooLarge},
-		{"3-byte rune ends at 4096", a(4093) + "用", nil},
-		{"3-byte rune ends at 4097", a(4094) + "用", ErrTooLarge},
-		{"4-byte rune ends at 4096", a(4092) + "🎉", nil},
-		{"4-byte rune ends at 4097", a(4093) + "🎉", ErrTooLarge},
-		{"1365 chinese runes (4095 bytes)", strings.Repeat("用", 1365), nil},
-		{"1366 chinese runes (4098 bytes)", strings.Repeat("用", 1366), ErrTooLarge},
-		{"4096 runes of 2 bytes", strings.Repeat("é", 4096), ErrTooLarge},
-		{"chinese", "你好，世界", nil},
-		{"emoji", "🎉👍", nil},
-		{"quotes backslash newline", "\"a\" \\ b\nc\td", nil},
-		{"invalid byte", "\xff", ErrInvalid},
-		{"invalid in the middle", "ab\xffcd", ErrInvalid},
-		{"truncated rune", "用"[:2], ErrInvalid},
-		{"truncated rune at the boundary", a(4094) + "用"[:2], ErrInvalid},
-		{"surrogate half", "\xed\xa0\x80", ErrInvalid},
-		{"overlong encoding", "\xc0\xaf", ErrInvalid},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			err := ValidateText(tt.text)
-			if tt.want == nil {
-				if err != nil {
-					t.Fatalf("ValidateText(%d bytes) = %v, want nil", len(tt.text), err)
-				}
-				return
-			}
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("ValidateText(%d bytes) = %v, want %v", len(tt.text), err, tt.want)
-			}
-			// The two sentinels map to different protocol codes.
-			other := ErrInvalid
-			if tt.want == ErrInvalid {
-				other = ErrTooLarge
-			}
-			if errors.Is(err, other) {
-				t.Fatalf("ValidateText(%d bytes) = %v: also %v", len(tt.text), err, other)
-			}
-		})
-	}
-}
-
-func TestValidateClientID(t *testing.T) {
-	t.Parallel()
-	var printable strings.Builder
-	for c := byte('!'); c <= '~'; c++ {
-		printable.WriteByte(c)
-	}
-	tests := []struct {
-		name string
-		id   string
-		ok   bool
-	}{
-		{"empty", "", false},
-		{"short", "c1", true},
-		{"uuid", "6f1c2a9e-8d5b-4c1e-9a7f-0b3d2e1f4a5c", true},
-		{"every printable", printable.String(), true},
-		{"128 bytes", strings.Repeat("x", 128), true},
-		{"129 bytes", strings.Repeat("x", 129), false},
-		{"space", "c 1", false},
-		{"tab", "c\t1", false},
-		{"newline", "c1\n", false},
-		{"nul", "c\x001", false},
-		{"del", "c\x7f", false},
-		{"non-ascii", "cé", false},
-		{"emoji", "🎉", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			err := ValidateClientID(tt.id)
-			if tt.ok && err != nil {
-				t.Fatalf("ValidateClientID(%q) = %v, want nil", tt.id, err)
-			}
-			if !tt.ok && !errors.Is(err, ErrInvalid) {
-				t.Fatalf("ValidateClientID(%q) = %v, want ErrInvalid", tt.id, err)
-			}
-		})
-	}
-}
 
 func TestFormatTime(t *testing.T) {
 	t.Parallel()
@@ -186,7 +92,7 @@ func TestEncodeElement(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decodeElement(encodeElement) = %v", err)
 			}
-			want := Message{Conv: "c", Seq: 7, From: tt.from, To: tt.to, Text: tt.text, Time: 1732567890.123}
+			want := chat.Message{Conv: "c", Seq: 7, From: tt.from, To: tt.to, Text: tt.text, Time: 1732567890.123}
 			if m != want {
 				t.Fatalf("round trip = %+v, want %+v", m, want)
 			}
@@ -196,13 +102,13 @@ func TestEncodeElement(t *testing.T) {
 
 func TestDecodeElement(t *testing.T) {
 	t.Parallel()
-	msg := func(from, to, text string, ts float64) *Message {
-		return &Message{Conv: "43-23", Seq: 5, From: from, To: to, Text: text, Time: ts}
+	msg := func(from, to, text string, ts float64) *chat.Message {
+		return &chat.Message{Conv: "43-23", Seq: 5, From: from, To: to, Text: text, Time: ts}
 	}
 	tests := []struct {
 		name string
 		data string
-		want *Message // nil: malformed
+		want *chat.Message // nil: malformed
 	}{
 		{"chatd's own", `{"fromid":23,"toid":43,"msg":"hi","time":1732567890.123456}`,
 			msg("23", "43", "hi", 1732567890.123456)},
@@ -296,21 +202,40 @@ func TestDecodeElementRejectsNonFiniteTime(t *testing.T) {
 	}
 }
 
-// TestMessageFrame checks the live "message" frame around its seq.
-func TestMessageFrame(t *testing.T) {
+// TestDeliveryPayloads: every payload a script publishes reads back as the
+// delivery it was built from; a malformed one is refused.
+func TestDeliveryPayloads(t *testing.T) {
 	t.Parallel()
-	text := "say \"hi\" <b>&\n你好 🎉"
-	head, tail := messageFrame("bob-23", "23", "bob", text, []byte("1732567890.5"))
-	frame := append(append(head, "57"...), tail...)
-	var v struct {
-		Type    string  `json:"type"`
-		Message Message `json:"message"`
+	text := "say \"hi\"\t<b>&\n你好 🎉\n"
+	req := chat.SendRequest{From: "23", To: "bob", Text: text, Origin: "r1 c7"}
+	stored := time.UnixMicro(1732567890500000)
+	head, tail := messagePayload("bob-23", req, stored, []byte("1732567890.5"))
+	receipt := appendFields(appendHead(nil, chat.KindReceipt, "", []string{"bob", "23"}, 0), "23", "bob")
+	badge := appendFields(appendHead(nil, chat.KindUnread, "r1 c7", []string{"23"}, 0), "bob")
+	for _, tc := range []struct {
+		payload string
+		want    chat.Delivery
+	}{
+		{string(head) + "57" + string(tail), chat.Delivery{Kind: chat.KindMessage, Origin: "r1 c7",
+			Users: []string{"bob", "23"}, Stored: stored,
+			Message: chat.Message{Conv: "bob-23", Seq: 57, From: "23", To: "bob", Text: text, Time: 1732567890.5}}},
+		{string(receipt) + "\t12", chat.Delivery{Kind: chat.KindReceipt, Users: []string{"bob", "23"}, By: "23", With: "bob", Read: 12}},
+		{string(badge) + "\t12\t3", chat.Delivery{Kind: chat.KindUnread, Origin: "r1 c7", Users: []string{"23"}, With: "bob", Read: 12, Unread: 3}},
+		{string(appendFields(appendHead(nil, chat.KindTyping, "", []string{"bob"}, 0), "23")),
+			chat.Delivery{Kind: chat.KindTyping, Users: []string{"bob"}, By: "23"}},
+	} {
+		got, ok := parseDelivery(tc.payload)
+		if !ok || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("parseDelivery(%q) = %+v, %v; want %+v", tc.payload, got, ok, tc.want)
+		}
 	}
-	if err := json.Unmarshal(frame, &v); err != nil {
-		t.Fatalf("frame %s: %v", frame, err)
-	}
-	want := Message{Conv: "bob-23", Seq: 57, From: "23", To: "bob", Text: text, Time: 1732567890.5}
-	if v.Type != "message" || v.Message != want {
-		t.Fatalf("frame = %+v, want type message, %+v", v, want)
+	for _, bad := range []string{
+		"", "m", "x\t-\t1\t0\tz", "r\t-\t1\t0\t23\tbob", "r\t-\t1\t0\t23\tbob\tx",
+		string(head) + "57" + string(tail[:bytes.IndexByte(tail, '\n')]), // no text
+		"t\t-\t1\t0\t23\textra", "m\t-\t1\t0\ta\t1\tb\tc\t1.5\textra\nhi",
+	} {
+		if d, ok := parseDelivery(bad); ok {
+			t.Errorf("parseDelivery(%q) = %+v, want refused", bad, d)
+		}
 	}
 }

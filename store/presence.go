@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -116,10 +117,11 @@ func (s *Store) Reap(ctx context.Context, batch int) (int, error) {
 // A-Z a-z 0-9 _ . @ -, so it can stand in a key and a presence member.
 func ValidateReplica(name string) error {
 	if name == "" || len(name) > 64 {
-		return fmt.Errorf("%w: replica name must be 1 to 64 characters", ErrInvalid)
+		return chat.Invalid("replica name must be 1 to 64 characters")
 	}
-	if strings.IndexFunc(name, func(r rune) bool { return !(r < 128 && userByte(byte(r)) || r == '-') }) >= 0 {
-		return fmt.Errorf("%w: replica name %q: only A-Z a-z 0-9 _ . @ - are allowed", ErrInvalid, name)
+	// A replica name is a user id that may also hold '-'.
+	if chat.ValidateUser(strings.ReplaceAll(name, "-", "_")) != nil {
+		return chat.Invalid("replica name %q: only A-Z a-z 0-9 _ . @ - are allowed", name)
 	}
 	return nil
 }

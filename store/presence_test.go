@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -181,7 +181,7 @@ func TestDeliveryRouting(t *testing.T) {
 	// A message goes to the replicas of both users, once each.
 	f.clock.Advance(time.Second)
 	m := f.send(t, "23", "43", "hi \"there\" 你好 🎉")
-	m2, _, err := f.s.Send(f.ctx, SendRequest{From: "23", To: "43", Text: "second", Origin: "r1 c1"})
+	m2, _, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: "second", Origin: "r1 c1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,18 +197,15 @@ func TestDeliveryRouting(t *testing.T) {
 			t.Fatalf("%s got %d deliveries, want 2", tt.name, len(ds))
 		}
 		for i, want := range []struct {
-			msg    Message
+			msg    chat.Message
 			origin string
-		}{{m, "-"}, {m2, "r1 c1"}} {
+		}{{m, ""}, {m2, "r1 c1"}} {
 			d := ds[i]
 			if d.Kind != 'm' || d.Origin != want.origin || !slices.Equal(d.Users, []string{"43", "23"}) {
 				t.Fatalf("%s delivery %d = kind %c origin %q users %q; want m %q [43 23]", tt.name, i, d.Kind, d.Origin, d.Users, want.origin)
 			}
-			if !json.Valid(d.Frame) {
-				t.Fatalf("%s delivery %d: frame %s is not JSON", tt.name, i, d.Frame)
-			}
-			if got := frameMessage(t, d.Frame); got != want.msg {
-				t.Fatalf("%s delivery %d: frame message %+v, want %+v", tt.name, i, got, want.msg)
+			if d.Message != want.msg {
+				t.Fatalf("%s delivery %d: message %+v, want %+v", tt.name, i, d.Message, want.msg)
 			}
 			if !d.Stored.Equal(time.UnixMicro(f.clock.Now().UnixMicro())) {
 				t.Fatalf("%s delivery %d: stored %v, want %v", tt.name, i, d.Stored, f.clock.Now())
@@ -246,7 +243,7 @@ func TestDeliveryTypingAndReceipt(t *testing.T) {
 	f.connect(t, "23", "r1 c1", time.Minute)
 	f.connect(t, "43", "r2 c2", time.Minute)
 	// Nothing to have read yet: no receipt.
-	if st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "r2 c2"); err != nil || st != (ReadState{}) {
+	if st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "r2 c2"); err != nil || st != (chat.ReadState{}) {
 		t.Fatalf("MarkRead of an empty conversation = %+v, %v", st, err)
 	}
 	barrier(t, sub1)
@@ -267,8 +264,8 @@ func TestDeliveryTypingAndReceipt(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := rec2.waitDeliveries(t, 3)[2]
-	if d.Kind != 't' || d.Origin != "-" || !slices.Equal(d.Users, []string{"43"}) || string(d.Frame) != `{"type":"typing","from":"23"}` {
-		t.Fatalf("typing delivery = %c %q %q %s", d.Kind, d.Origin, d.Users, d.Frame)
+	if d.Kind != chat.KindTyping || d.Origin != "" || !slices.Equal(d.Users, []string{"43"}) || d.By != "23" {
+		t.Fatalf("typing delivery = %+v, want typing by 23 to [43]", d)
 	}
 	if !d.Stored.IsZero() {
 		t.Fatalf("typing delivery stored = %v, want zero", d.Stored)
@@ -287,15 +284,8 @@ func TestDeliveryTypingAndReceipt(t *testing.T) {
 		if d.Kind != 'r' || d.Origin != "r2 c2" || !slices.Equal(d.Users, []string{"23", "43"}) {
 			t.Fatalf("%s receipt delivery = %c %q %q", tt.name, d.Kind, d.Origin, d.Users)
 		}
-		var v struct {
-			Type, By, With string
-			Seq            int64
-		}
-		if err := json.Unmarshal(d.Frame, &v); err != nil {
-			t.Fatalf("%s receipt frame %s: %v", tt.name, d.Frame, err)
-		}
-		if v.Type != "receipt" || v.By != "43" || v.With != "23" || v.Seq != 2 {
-			t.Fatalf("%s receipt frame %s, want receipt by 43 with 23 seq 2", tt.name, d.Frame)
+		if d.By != "43" || d.With != "23" || d.Read != 2 {
+			t.Fatalf("%s receipt %+v, want by 43 with 23 read 2", tt.name, d)
 		}
 	}
 	barrier(t, sub1)
@@ -420,12 +410,12 @@ func TestSubscriberResync(t *testing.T) {
 	if sub.Reconnects() != 1 {
 		t.Fatalf("Reconnects = %d, want 1", sub.Reconnects())
 	}
-	// Delivery works again, through the resubscribed link.
+	// chat.Delivery works again, through the resubscribed link.
 	f.connect(t, "43", "r1 c1", time.Minute)
 	f.send(t, "23", "43", "after the break")
 	d := rec.waitDeliveries(t, 1)[0]
-	if m := frameMessage(t, d.Frame); m.Text != "after the break" {
-		t.Fatalf("delivery after resync = %+v", m)
+	if d.Message.Text != "after the break" {
+		t.Fatalf("delivery after resync = %+v", d)
 	}
 	barrier(t, sub)
 	rec.mu.Lock()

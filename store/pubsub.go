@@ -10,30 +10,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/redis/go-redis/v9"
 )
-
-// Delivery is one frame to hand to the local sockets of some users.
-type Delivery struct {
-	// Kind is 'm' for a message, 'r' for a read receipt, 'u' for a new
-	// unread count for the reader's own sockets, 't' for typing.
-	Kind byte
-	// Origin is the presence member of the sending connection, which
-	// already has its reply, or "-".
-	Origin string
-	// Users are the users whose sockets get the frame.
-	Users []string
-	// Frame is the JSON frame, ready to write.
-	Frame []byte
-	// Stored is when a message was stored (zero for other kinds).
-	Stored time.Time
-}
 
 // Events receives what arrives on a replica's channels. Its methods are
 // called from the subscriber's goroutine, one at a time, and must not block.
 type Events interface {
-	// Deliver hands a frame to local sockets.
-	Deliver(Delivery)
+	// Deliver hands an event to local sockets.
+	Deliver(chat.Delivery)
 	// PresenceChanged says user came online or went offline.
 	PresenceChanged(user string, online bool)
 	// Resync says the pub/sub link was interrupted and restored: live
@@ -112,14 +97,26 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	}
 }
 
-// appendEnvelope starts a delivery payload for handle: the tab-separated
-// line "<kind> <origin> <user>[,<user>] <stored unix µs>" and a newline; the
-// frame follows. An empty origin is written "-".
-func appendEnvelope(b []byte, kind byte, origin string, users []string, stored int64) []byte {
+// A delivery payload is a line of tab-separated fields: the kind, the
+// origin ("-" for none), the users (comma-separated), when a message was
+// stored (unix µs, 0 for other kinds), then the kind's own fields:
+//
+//	m: conv, seq, from, to, time; a newline and the text follow
+//	r: by, with, seq
+//	u: with, read, unread
+//	t: from
+//
+// User ids, conversation names and origins hold no tab, comma or newline
+// (chat.ValidateUser, ValidateReplica), so the fields need no escaping;
+// the text, last, is taken as it is. The scripts write the numbers only
+// they know (seq, read, unread) between parts built here.
+
+// appendHead starts a delivery payload with its four common fields.
+func appendHead(b []byte, kind chat.Kind, origin string, users []string, stored int64) []byte {
 	if origin == "" {
 		origin = "-"
 	}
-	b = append(b, kind, '\t')
+	b = append(b, byte(kind), '\t')
 	b = append(b, origin...)
 	b = append(b, '\t')
 	for i, u := range users {
@@ -129,13 +126,32 @@ func appendEnvelope(b []byte, kind byte, origin string, users []string, stored i
 		b = append(b, u...)
 	}
 	b = append(b, '\t')
-	b = strconv.AppendInt(b, stored, 10)
-	return append(b, '\n')
+	return strconv.AppendInt(b, stored, 10)
 }
 
-// handle parses one payload: "c <nonce>", "p <0|1> <user>", or the
-// tab-separated "<kind> <origin> <user>[,<user>] <stored unix µs>" line of
-// a delivery, a newline, and the frame.
+// appendFields appends fields to a payload, each after a tab.
+func appendFields(b []byte, fields ...string) []byte {
+	for _, f := range fields {
+		b = append(b, '\t')
+		b = append(b, f...)
+	}
+	return b
+}
+
+// messagePayload renders a message's payload around its seq, which only
+// the send script knows: head ends just before the seq and tail follows it.
+func messagePayload(conv string, req chat.SendRequest, stored time.Time, ts []byte) (head, tail []byte) {
+	head = appendHead(make([]byte, 0, 64+len(conv)+2*len(req.To)), chat.KindMessage, req.Origin,
+		[]string{req.To, req.From}, stored.UnixMicro())
+	head = appendFields(head, conv)
+	head = append(head, '\t')
+	tail = make([]byte, 0, 32+len(req.From)+len(req.To)+len(ts)+len(req.Text))
+	tail = appendFields(tail, req.From, req.To, string(ts))
+	tail = append(tail, '\n')
+	return head, append(tail, req.Text...)
+}
+
+// handle parses one payload: "c <nonce>", "p <0|1> <user>", or a delivery.
 func (sub *Subscriber) handle(payload string) {
 	if len(payload) < 2 || (payload[1] != ' ' && payload[1] != '\t') {
 		sub.s.log.Warn("pubsub: malformed payload", "payload", truncate(payload))
@@ -158,18 +174,67 @@ func (sub *Subscriber) handle(payload string) {
 		}
 		sub.ev.PresenceChanged(user, online == "1")
 	default:
-		head, frame, ok := strings.Cut(payload, "\n")
-		f := strings.Split(head, "\t")
-		if !ok || len(f) != 4 {
+		d, ok := parseDelivery(payload)
+		if !ok {
 			sub.s.log.Warn("pubsub: malformed delivery", "payload", truncate(payload))
 			return
 		}
-		d := Delivery{Kind: f[0][0], Origin: f[1], Users: strings.Split(f[2], ","), Frame: []byte(frame)}
-		if us, err := strconv.ParseInt(f[3], 10, 64); err == nil && us > 0 {
-			d.Stored = time.UnixMicro(us)
-		}
 		sub.ev.Deliver(d)
 	}
+}
+
+// parseDelivery reads a delivery payload (see appendHead).
+func parseDelivery(payload string) (chat.Delivery, bool) {
+	head, text, hasText := strings.Cut(payload, "\n")
+	var f [9]string
+	n := 0
+	for more := true; more; n++ {
+		if n == len(f) {
+			return chat.Delivery{}, false // a field too many
+		}
+		f[n], head, more = strings.Cut(head, "\t")
+	}
+	if n < 5 || len(f[0]) != 1 {
+		return chat.Delivery{}, false
+	}
+	d := chat.Delivery{Kind: chat.Kind(f[0][0]), Users: strings.Split(f[2], ",")}
+	if f[1] != "-" {
+		d.Origin = f[1]
+	}
+	if us, err := strconv.ParseInt(f[3], 10, 64); err == nil && us > 0 {
+		d.Stored = time.UnixMicro(us)
+	}
+	var err1, err2 error
+	switch d.Kind {
+	case chat.KindMessage:
+		if n != 9 || !hasText {
+			return d, false
+		}
+		d.Message = chat.Message{Conv: f[4], From: f[6], To: f[7], Text: text}
+		d.Message.Seq, err1 = strconv.ParseInt(f[5], 10, 64)
+		d.Message.Time, err2 = strconv.ParseFloat(f[8], 64)
+	case chat.KindReceipt:
+		if n != 7 {
+			return d, false
+		}
+		d.By, d.With = f[4], f[5]
+		d.Read, err1 = strconv.ParseInt(f[6], 10, 64)
+	case chat.KindUnread:
+		if n != 7 {
+			return d, false
+		}
+		d.With = f[4]
+		d.Read, err1 = strconv.ParseInt(f[5], 10, 64)
+		d.Unread, err2 = strconv.ParseInt(f[6], 10, 64)
+	case chat.KindTyping:
+		if n != 5 {
+			return d, false
+		}
+		d.By = f[4]
+	default:
+		return d, false
+	}
+	return d, err1 == nil && err2 == nil
 }
 
 func truncate(s string) string {

@@ -1,14 +1,16 @@
 package store
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
 
 // seedElement is a list element as the seed's msgsend writes it.
@@ -21,7 +23,7 @@ func seedElement(from, to, text string) string {
 // everyone is offline): LPUSH the element and count it for the recipient.
 func (f *fixture) seedSend(t testing.TB, from, to, text string) {
 	t.Helper()
-	conv := ConvKey(from, to)
+	conv := chat.ConvKey(from, to)
 	f.lpush(t, conv, seedElement(from, to, text))
 	if err := f.r.Client.HIncrBy(f.ctx, f.k.unread(to), conv, 1).Err(); err != nil {
 		t.Fatalf("HINCRBY %s %s: %v", to, conv, err)
@@ -48,7 +50,7 @@ func (f *fixture) views(t testing.TB, user, peer string) state {
 	if un[peer] != got.unread {
 		t.Fatalf("Unread(%s)[%s] = %d, History says %d", user, peer, un[peer], got.unread)
 	}
-	convs, _, err := f.s.Inbox(f.ctx, user, MaxInboxSize)
+	convs, _, err := f.s.Inbox(f.ctx, user, chat.MaxInboxSize)
 	if err != nil {
 		t.Fatalf("Inbox(%s): %v", user, err)
 	}
@@ -100,7 +102,7 @@ func TestUnreadCountsLiveDeliveries(t *testing.T) {
 	f.wantState(t, "43", "23", state{unread: 3, read: 0, peerRead: 3})
 
 	st, err := f.s.MarkRead(f.ctx, "43", "23", 0, "")
-	if err != nil || st != (ReadState{Last: 3, Read: 3}) {
+	if err != nil || st != (chat.ReadState{Last: 3, Read: 3}) {
 		t.Fatalf("MarkRead = %+v, %v; want last 3, read 3, unread 0", st, err)
 	}
 	if got := f.unreadField(t, "43", "43-23"); got != "0" {
@@ -132,16 +134,16 @@ func TestMarkReadMovesForwardOnly(t *testing.T) {
 	f.fill(t, 5)
 	for _, tt := range []struct {
 		seq  int64
-		want ReadState
+		want chat.ReadState
 		seed string // the seed's count afterwards
 	}{
-		{2, ReadState{Last: 5, Read: 2, Unread: 3}, "3"},
-		{1, ReadState{Last: 5, Read: 2, Unread: 3}, "3"}, // never back
-		{2, ReadState{Last: 5, Read: 2, Unread: 3}, "3"},
-		{4, ReadState{Last: 5, Read: 4, Unread: 1}, "1"},
-		{99, ReadState{Last: 5, Read: 5, Unread: 0}, "0"}, // at most the newest
-		{3, ReadState{Last: 5, Read: 5, Unread: 0}, "0"},
-		{0, ReadState{Last: 5, Read: 5, Unread: 0}, "0"},
+		{2, chat.ReadState{Last: 5, Read: 2, Unread: 3}, "3"},
+		{1, chat.ReadState{Last: 5, Read: 2, Unread: 3}, "3"}, // never back
+		{2, chat.ReadState{Last: 5, Read: 2, Unread: 3}, "3"},
+		{4, chat.ReadState{Last: 5, Read: 4, Unread: 1}, "1"},
+		{99, chat.ReadState{Last: 5, Read: 5, Unread: 0}, "0"}, // at most the newest
+		{3, chat.ReadState{Last: 5, Read: 5, Unread: 0}, "0"},
+		{0, chat.ReadState{Last: 5, Read: 5, Unread: 0}, "0"},
 	} {
 		st, err := f.s.MarkRead(f.ctx, "43", "23", tt.seq, "")
 		if err != nil || st != tt.want {
@@ -154,7 +156,7 @@ func TestMarkReadMovesForwardOnly(t *testing.T) {
 		f.wantState(t, "23", "43", state{unread: 0, read: 5, peerRead: tt.want.Read})
 	}
 	_, err := f.s.MarkRead(f.ctx, "43", "23", -1, "")
-	mustErr(t, err, ErrInvalid, "MarkRead(seq -1)")
+	mustErr(t, err, chat.ErrInvalid, "MarkRead(seq -1)")
 
 	// A partial read never raises the seed's count, and skips junk in it.
 	f.send(t, "23", "43", "m6")
@@ -195,17 +197,17 @@ func TestMarkReadDeliveries(t *testing.T) {
 	if _, err := f.s.MarkRead(f.ctx, "43", "23", 2, "r1 a"); err != nil {
 		t.Fatal(err)
 	}
-	receipt := `{"type":"receipt","by":"43","with":"23","seq":2}`
-	badge := `{"type":"unread","with":"23","read":2,"unread":1}`
+	receipt := chat.Delivery{Kind: chat.KindReceipt, Origin: "r1 a", Users: []string{"23", "43"}, By: "43", With: "23", Read: 2}
+	badge := chat.Delivery{Kind: chat.KindUnread, Origin: "r1 a", Users: []string{"43"}, With: "23", Read: 2, Unread: 1}
 	for _, tt := range []struct {
 		name   string
 		sub    *Subscriber
 		rec    *recorder
-		frames []string
+		frames []chat.Delivery
 	}{
-		{"r1", sub1, rec1, []string{receipt, badge}},
-		{"r2", sub2, rec2, []string{receipt, badge}},
-		{"r3", sub3, rec3, []string{receipt}},
+		{"r1", sub1, rec1, []chat.Delivery{receipt, badge}},
+		{"r2", sub2, rec2, []chat.Delivery{receipt, badge}},
+		{"r3", sub3, rec3, []chat.Delivery{receipt}},
 	} {
 		tt.rec.waitDeliveries(t, 3+len(tt.frames))
 		barrier(t, tt.sub)
@@ -215,15 +217,8 @@ func TestMarkReadDeliveries(t *testing.T) {
 		}
 		for i, want := range tt.frames {
 			d := ds[3+i]
-			if string(d.Frame) != want || d.Origin != "r1 a" || !json.Valid(d.Frame) {
-				t.Fatalf("%s delivery %d = %s from %q, want %s from r1 a", tt.name, i, d.Frame, d.Origin, want)
-			}
-			wantUsers := []string{"23", "43"}
-			if d.Kind == 'u' {
-				wantUsers = []string{"43"}
-			}
-			if !slices.Equal(d.Users, wantUsers) || (d.Kind != 'r' && d.Kind != 'u') {
-				t.Fatalf("%s delivery %s: kind %c users %q", tt.name, d.Frame, d.Kind, d.Users)
+			if !reflect.DeepEqual(d, want) {
+				t.Fatalf("%s delivery %d = %+v, want %+v", tt.name, i, d, want)
 			}
 		}
 	}
@@ -251,7 +246,7 @@ func TestReadPositionsExactUnderConcurrency(t *testing.T) {
 		for g := range senders {
 			wg.Go(func() {
 				for i := range each {
-					m, _, err := f.s.Send(f.ctx, SendRequest{From: user, To: peer, Text: fmt.Sprintf("%s %d-%d", user, g, i)})
+					m, _, err := f.s.Send(f.ctx, chat.SendRequest{From: user, To: peer, Text: fmt.Sprintf("%s %d-%d", user, g, i)})
 					if err != nil {
 						errs <- err
 						return
@@ -290,7 +285,7 @@ func TestReadPositionsExactUnderConcurrency(t *testing.T) {
 		return
 	}
 	const total = 2 * senders * each
-	page, err := f.s.History(f.ctx, "23", "43", 0, MaxPageSize)
+	page, err := f.s.History(f.ctx, "23", "43", 0, chat.MaxPageSize)
 	if err != nil || len(page.Messages) != total {
 		t.Fatalf("History = %d messages, %v; want %d", len(page.Messages), err, total)
 	}

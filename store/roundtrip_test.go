@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
 
 // TestOneRoundTrip counts the commands each operation sends: one EVALSHA
@@ -26,7 +28,7 @@ func TestOneRoundTrip(t *testing.T) {
 		check func(t *testing.T) // the operation did its work
 	}{
 		{"Send", func() error {
-			_, _, err := s.Send(ctx, SendRequest{From: "23", To: "43", Text: "hi"})
+			_, _, err := s.Send(ctx, chat.SendRequest{From: "23", To: "43", Text: "hi"})
 			return err
 		}, func(t *testing.T) {
 			if n := f.llen(t, "43-23"); n == 0 {
@@ -34,7 +36,7 @@ func TestOneRoundTrip(t *testing.T) {
 			}
 		}},
 		{"Send duplicate", func() error {
-			_, _, err := s.Send(ctx, SendRequest{From: "23", To: "43", Text: "hi", ClientID: "same"})
+			_, _, err := s.Send(ctx, chat.SendRequest{From: "23", To: "43", Text: "hi", ClientID: "same"})
 			return err
 		}, nil},
 		{"History", func() error {

@@ -99,9 +99,9 @@ end
 // 7 sender's presence, 8 conversation's read hash, 9 sender's unread hash,
 // 10 recipient's unread index, 11 sender's unread index.
 // ARGV: 1 seed-format element, 2 conversation name, 3 now (ms),
-// 4 idempotency TTL (ms), 5 replica channel prefix, 6 envelope head (up to
-// the seq), 7 envelope tail (after the seq), 8 key prefix, 9 sender,
-// 10 recipient.
+// 4 idempotency TTL (ms), 5 replica channel prefix, 6 delivery payload
+// head (up to the seq), 7 its tail (after the seq), 8 key prefix,
+// 9 sender, 10 recipient. (Payloads: see appendHead in pubsub.go.)
 //
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
@@ -175,9 +175,9 @@ return {n, top, n - r, r, rp, items}
 // 10 peer's inbox index (a conversation only the seed wrote gets its
 // entries there, scored by its newest element's time).
 // ARGV: 1 conversation name, 2 now (ms), 3 replica channel prefix,
-// 4 receipt envelope head (up to the seq), 5 receipt tail, 6 reader,
-// 7 peer, 8 seq to read up to (0: the newest), 9 unread frame head (up to
-// the read position), 10 its middle (up to the count), 11 its tail.
+// 4 receipt payload head (up to the seq), 5 its tail, 6 reader, 7 peer,
+// 8 seq to read up to (0: the newest), 9 unread payload head (up to the
+// read position), 10 its middle (up to the count), 11 its tail.
 //
 // Returns {length, read position, unread}.
 var readScript = redis.NewScript(luaRoute + luaPositions + `
@@ -272,10 +272,10 @@ end
 return out
 `)
 
-// routeScript publishes an ephemeral envelope to the replicas of some users.
+// routeScript publishes an ephemeral payload to the replicas of some users.
 //
 // KEYS: the users' presence sets. ARGV: 1 now (ms), 2 replica channel
-// prefix, 3 envelope. Returns the number of replicas reached.
+// prefix, 3 payload. Returns the number of replicas reached.
 var routeScript = redis.NewScript(luaRoute + `
 local now = tonumber(ARGV[1])
 local set = {}

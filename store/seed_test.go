@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -177,8 +178,8 @@ func TestSeedInterop(t *testing.T) {
 		} {
 			var r struct{ Key string }
 			seed.call(map[string]any{"op": "keyname", "a": pyID(p[0]), "b": pyID(p[1])}, &r)
-			if got := ConvKey(p[0], p[1]); got != r.Key {
-				t.Errorf("ConvKey(%s, %s) = %q, the seed's keyname = %q", p[0], p[1], got, r.Key)
+			if got := chat.ConvKey(p[0], p[1]); got != r.Key {
+				t.Errorf("chat.ConvKey(%s, %s) = %q, the seed's keyname = %q", p[0], p[1], got, r.Key)
 			}
 		}
 	})
@@ -186,16 +187,16 @@ func TestSeedInterop(t *testing.T) {
 	t.Run("chatd to seed", func(t *testing.T) {
 		us := seedUsers(t, rdb, 2)
 		a, b := us[0], us[1]
-		conv := ConvKey(a, b)
-		var sent []Message
+		conv := chat.ConvKey(a, b)
+		var sent []chat.Message
 		for _, text := range []string{"你好，世界", "🎉👍", "quotes \"q\" 'single' back\\slash\nnew line\ttab </script>"} {
-			m, _, err := s.Send(ctx, SendRequest{From: a, To: b, Text: text})
+			m, _, err := s.Send(ctx, chat.SendRequest{From: a, To: b, Text: text})
 			if err != nil {
 				t.Fatal(err)
 			}
 			sent = append(sent, m)
 		}
-		m, _, err := s.Send(ctx, SendRequest{From: b, To: a, Text: "reply"})
+		m, _, err := s.Send(ctx, chat.SendRequest{From: b, To: a, Text: "reply"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,13 +239,13 @@ func TestSeedInterop(t *testing.T) {
 		}
 
 		// chatd's read resets the seed's count, as msgread does.
-		if _, _, err := s.Send(ctx, SendRequest{From: a, To: b, Text: "one more"}); err != nil {
+		if _, _, err := s.Send(ctx, chat.SendRequest{From: a, To: b, Text: "one more"}); err != nil {
 			t.Fatal(err)
 		}
 		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "1" {
 			t.Fatalf("HGET b %s = %q, %v; want 1", conv, v, err)
 		}
-		if st, err := s.MarkRead(ctx, b, a, 0, ""); err != nil || st != (ReadState{Last: 5, Read: 5}) {
+		if st, err := s.MarkRead(ctx, b, a, 0, ""); err != nil || st != (chat.ReadState{Last: 5, Read: 5}) {
 			t.Fatalf("MarkRead = %+v, %v", st, err)
 		}
 		if v, err := rdb.HGet(ctx, b, conv).Result(); err != nil || v != "0" {
@@ -299,7 +300,7 @@ func TestSeedInterop(t *testing.T) {
 		}
 		for i, m := range page.Messages {
 			seq := int64(3 - i)
-			if m.Seq != seq || m.Text != texts[seq-1] || m.From != c || m.To != d || m.Conv != ConvKey(c, d) {
+			if m.Seq != seq || m.Text != texts[seq-1] || m.From != c || m.To != d || m.Conv != chat.ConvKey(c, d) {
 				t.Errorf("message %d = %+v, want seq %d %q from %s to %s", i, m, seq, texts[seq-1], c, d)
 			}
 			if m.Time < start || m.Time > end {
@@ -323,7 +324,7 @@ func TestSeedInterop(t *testing.T) {
 
 		// The first chatd message starts the positions from the seed's.
 		seed.send(c, d, "seed 4")
-		if _, _, err := s.Send(ctx, SendRequest{From: c, To: d, Text: "chatd 5"}); err != nil {
+		if _, _, err := s.Send(ctx, chat.SendRequest{From: c, To: d, Text: "chatd 5"}); err != nil {
 			t.Fatal(err)
 		}
 		if page, err := s.History(ctx, d, c, 0, 0); err != nil || page.Unread != 2 || page.Read != 3 || page.PeerRead != 5 {
@@ -344,7 +345,7 @@ func TestSeedInterop(t *testing.T) {
 				continue
 			}
 			text := fmt.Sprintf("chatd %d", i)
-			m, _, err := s.Send(ctx, SendRequest{From: g, To: e, Text: text})
+			m, _, err := s.Send(ctx, chat.SendRequest{From: g, To: e, Text: text})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -354,10 +355,10 @@ func TestSeedInterop(t *testing.T) {
 			want = append(want, text)
 		}
 		// Each side counted its own writes in the other's hash.
-		if v, err := rdb.HGet(ctx, g, ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
+		if v, err := rdb.HGet(ctx, g, chat.ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
 			t.Fatalf("HGET g = %q, %v; want %d from the seed", v, err, n/2)
 		}
-		if v, err := rdb.HGet(ctx, e, ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
+		if v, err := rdb.HGet(ctx, e, chat.ConvKey(e, g)).Result(); err != nil || v != strconv.Itoa(n/2) {
 			t.Fatalf("HGET e = %q, %v; want %d from chatd", v, err, n/2)
 		}
 		// Every message read what came before it, the seed's too: g wrote
@@ -393,7 +394,7 @@ func TestSeedInterop(t *testing.T) {
 	})
 }
 
-func reversed(msgs []Message) []Message {
+func reversed(msgs []chat.Message) []chat.Message {
 	out := slices.Clone(msgs)
 	slices.Reverse(out)
 	return out

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/internal/redistest"
 )
 
@@ -21,7 +22,7 @@ func TestSendSeqAndElement(t *testing.T) {
 	for i, text := range texts {
 		f.clock.Advance(1500 * time.Microsecond)
 		m := f.send(t, "23", "43", text)
-		want := Message{Conv: "43-23", Seq: int64(i + 1), From: "23", To: "43", Text: text,
+		want := chat.Message{Conv: "43-23", Seq: int64(i + 1), From: "23", To: "43", Text: text,
 			Time: float64(f.clock.Now().UnixMicro()) / 1e6}
 		if m != want {
 			t.Fatalf("Send #%d = %+v, want %+v", i+1, m, want)
@@ -126,14 +127,14 @@ func TestSendUnread(t *testing.T) {
 func TestSendIdempotent(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
-	req := SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c1"}
+	req := chat.SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c1"}
 	first, dup, err := f.s.Send(f.ctx, req)
 	if err != nil || dup {
 		t.Fatalf("first Send = %+v, %v, %v", first, dup, err)
 	}
 	f.send(t, "43", "23", "reply") // moves the list on: the earlier one is no longer the head
 
-	for _, retry := range []SendRequest{
+	for _, retry := range []chat.SendRequest{
 		req,
 		{From: "23", To: "43", Text: "other text", ClientID: "c1"},
 		{From: "23", To: "65", Text: "other recipient", ClientID: "c1"},
@@ -161,12 +162,12 @@ func TestSendIdempotent(t *testing.T) {
 	}
 
 	// Another sender may use the same id.
-	m, dup, err := f.s.Send(f.ctx, SendRequest{From: "43", To: "23", Text: "mine", ClientID: "c1"})
+	m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: "43", To: "23", Text: "mine", ClientID: "c1"})
 	if err != nil || dup || m.Seq != 3 || m.Text != "mine" {
 		t.Fatalf("other sender, same id = %+v, %v, %v; want a new message #3", m, dup, err)
 	}
 	// And the same sender another id.
-	m, dup, err = f.s.Send(f.ctx, SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c2"})
+	m, dup, err = f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c2"})
 	if err != nil || dup || m.Seq != 4 {
 		t.Fatalf("same sender, new id = %+v, %v, %v; want a new message #4", m, dup, err)
 	}
@@ -185,7 +186,7 @@ func idemFixture(t *testing.T) (*fixture, time.Duration) {
 func TestSendIdempotencyExpires(t *testing.T) {
 	t.Parallel()
 	f, wait := idemFixture(t)
-	req := SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c1"}
+	req := chat.SendRequest{From: "23", To: "43", Text: "hi", ClientID: "c1"}
 	first, _, err := f.s.Send(f.ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +213,7 @@ func TestSendWithoutClientIDStoresEach(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
 	for i := 1; i <= 3; i++ {
-		m, dup, err := f.s.Send(f.ctx, SendRequest{From: "23", To: "43", Text: "same"})
+		m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: "same"})
 		if err != nil || dup || m.Seq != int64(i) {
 			t.Fatalf("Send #%d = %+v, %v, %v", i, m, dup, err)
 		}
@@ -227,25 +228,25 @@ func TestSendInvalidWritesNothing(t *testing.T) {
 	f := newFixture(t, Config{})
 	tests := []struct {
 		name string
-		req  SendRequest
+		req  chat.SendRequest
 		want error
 	}{
-		{"empty from", SendRequest{From: "", To: "43", Text: "x"}, ErrInvalid},
-		{"empty to", SendRequest{From: "23", To: "", Text: "x"}, ErrInvalid},
-		{"from with colon", SendRequest{From: "chat:inbox", To: "43", Text: "x"}, ErrInvalid},
-		{"to with dash", SendRequest{From: "23", To: "4-3", Text: "x"}, ErrInvalid},
-		{"to with space", SendRequest{From: "23", To: "4 3", Text: "x"}, ErrInvalid},
-		{"from 65 chars", SendRequest{From: strings.Repeat("1", 65), To: "43", Text: "x"}, ErrInvalid},
-		{"empty text", SendRequest{From: "23", To: "43", Text: ""}, ErrInvalid},
-		{"invalid utf-8", SendRequest{From: "23", To: "43", Text: "a\xffb"}, ErrInvalid},
-		{"text 4097 bytes", SendRequest{From: "23", To: "43", Text: strings.Repeat("a", 4097)}, ErrTooLarge},
-		{"client id with space", SendRequest{From: "23", To: "43", Text: "x", ClientID: "c 1"}, ErrInvalid},
-		{"client id 129 bytes", SendRequest{From: "23", To: "43", Text: "x", ClientID: strings.Repeat("c", 129)}, ErrInvalid},
+		{"empty from", chat.SendRequest{From: "", To: "43", Text: "x"}, chat.ErrInvalid},
+		{"empty to", chat.SendRequest{From: "23", To: "", Text: "x"}, chat.ErrInvalid},
+		{"from with colon", chat.SendRequest{From: "chat:inbox", To: "43", Text: "x"}, chat.ErrInvalid},
+		{"to with dash", chat.SendRequest{From: "23", To: "4-3", Text: "x"}, chat.ErrInvalid},
+		{"to with space", chat.SendRequest{From: "23", To: "4 3", Text: "x"}, chat.ErrInvalid},
+		{"from 65 chars", chat.SendRequest{From: strings.Repeat("1", 65), To: "43", Text: "x"}, chat.ErrInvalid},
+		{"empty text", chat.SendRequest{From: "23", To: "43", Text: ""}, chat.ErrInvalid},
+		{"invalid utf-8", chat.SendRequest{From: "23", To: "43", Text: "a\xffb"}, chat.ErrInvalid},
+		{"text 4097 bytes", chat.SendRequest{From: "23", To: "43", Text: strings.Repeat("a", 4097)}, chat.ErrTooLarge},
+		{"client id with space", chat.SendRequest{From: "23", To: "43", Text: "x", ClientID: "c 1"}, chat.ErrInvalid},
+		{"client id 129 bytes", chat.SendRequest{From: "23", To: "43", Text: "x", ClientID: strings.Repeat("c", 129)}, chat.ErrInvalid},
 	}
 	for _, tt := range tests {
 		m, dup, err := f.s.Send(f.ctx, tt.req)
 		mustErr(t, err, tt.want, tt.name)
-		if m != (Message{}) || dup {
+		if m != (chat.Message{}) || dup {
 			t.Errorf("%s: Send = %+v, dup %v; want zero", tt.name, m, dup)
 		}
 	}
@@ -263,13 +264,13 @@ func TestSendConcurrent(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
 	const workers, each = 50, 20
-	sent := make(chan Message, workers*each)
+	sent := make(chan chat.Message, workers*each)
 	errs := make(chan error, workers*each)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
 			for i := range each {
-				m, dup, err := f.s.Send(f.ctx, SendRequest{From: "23", To: "43",
+				m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43",
 					Text: fmt.Sprintf("w%d-%d", w, i), ClientID: fmt.Sprintf("w%d-%d", w, i)})
 				if err != nil || dup {
 					errs <- fmt.Errorf("w%d-%d: dup %v, %v", w, i, dup, err)
@@ -309,7 +310,7 @@ func TestSendConcurrent(t *testing.T) {
 	var before int64
 	read := 0
 	for {
-		page, err := f.s.History(f.ctx, "43", "23", before, MaxPageSize)
+		page, err := f.s.History(f.ctx, "43", "23", before, chat.MaxPageSize)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +338,7 @@ func TestSendIdempotentRace(t *testing.T) {
 	f := newFixture(t, Config{})
 	const racers = 20
 	type result struct {
-		m   Message
+		m   chat.Message
 		dup bool
 		err error
 	}
@@ -347,14 +348,14 @@ func TestSendIdempotentRace(t *testing.T) {
 	for i := range racers {
 		wg.Go(func() {
 			<-start
-			m, dup, err := f.s.Send(f.ctx, SendRequest{From: "23", To: "43", Text: fmt.Sprintf("try %d", i), ClientID: "retry-1"})
+			m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: fmt.Sprintf("try %d", i), ClientID: "retry-1"})
 			results <- result{m, dup, err}
 		})
 	}
 	close(start)
 	wg.Wait()
 	close(results)
-	var first *Message
+	var first *chat.Message
 	fresh := 0
 	for r := range results {
 		if r.err != nil {
@@ -421,17 +422,17 @@ func TestSendToSelf(t *testing.T) {
 func TestCloseEndsThePipeline(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
-	if _, _, err := f.s.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "before"}); err != nil {
+	if _, _, err := f.s.Send(t.Context(), chat.SendRequest{From: "23", To: "43", Text: "before"}); err != nil {
 		t.Fatal(err)
 	}
 	f.s.Close()
 	f.s.Close() // twice is fine
-	if _, _, err := f.s.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "after"}); !errors.Is(err, ErrClosed) {
+	if _, _, err := f.s.Send(t.Context(), chat.SendRequest{From: "23", To: "43", Text: "after"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("send after Close: %v, want ErrClosed", err)
 	}
 	closed := New(f.r.Client, Config{Prefix: f.r.Prefix})
 	closed.Close() // never sent: nothing to wait for
-	if _, _, err := closed.Send(t.Context(), SendRequest{From: "23", To: "43", Text: "x"}); !errors.Is(err, ErrClosed) {
+	if _, _, err := closed.Send(t.Context(), chat.SendRequest{From: "23", To: "43", Text: "x"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("send on a Store closed before its first send: %v, want ErrClosed", err)
 	}
 }

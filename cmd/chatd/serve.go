@@ -24,6 +24,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
 	"github.com/chatd/chatd/presence"
 	"github.com/chatd/chatd/store"
@@ -103,7 +104,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	verifier := auth.New(cfg.secret, store.ValidateUser)
+	verifier := auth.New(cfg.secret, chat.ValidateUser)
 	h = hub.New(hub.Config{
 		Store: st, Presence: tracker, Auth: verifier, Replica: cfg.replica, Origins: cfg.origins,
 		QueueSize: cfg.queue, QueueBytes: cfg.queueBytes, Rate: rate.Limit(cfg.rate), Burst: cfg.burst,

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/auth"
-	"github.com/chatd/chatd/store"
+	"github.com/chatd/chatd/chat"
 )
 
 // runToken prints a client token: chatd token -user 23 -ttl 24h.
@@ -27,8 +27,8 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	if !flagSet(fs, "secret") {
 		*secret = getenv("CHAT_SECRET")
 	}
-	if err := store.ValidateUser(*user); err != nil {
-		return fmt.Errorf("-user: %w", err)
+	if err := chat.ValidateUser(*user); err != nil {
+		return fmt.Errorf("-user: invalid user id: %w", err)
 	}
 	if *secret == "" {
 		return errors.New("no secret: pass -secret or set CHAT_SECRET (the server's)")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
 	"github.com/chatd/chatd/internal/redistest"
 	"github.com/chatd/chatd/presence"
@@ -29,7 +30,7 @@ func server(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hub.New(hub.Config{Store: st, Presence: tr, Auth: auth.New("", store.ValidateUser), Replica: "load"})
+	h := hub.New(hub.Config{Store: st, Presence: tr, Auth: auth.New("", chat.ValidateUser), Replica: "load"})
 	sub := st.Subscribe("load", h)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
