@@ -32,6 +32,13 @@ const slowCloseGrace = 250 * time.Millisecond
 // is true): a writer goroutine, started when the queue goes non-empty and
 // ended when it stays empty, or the reader writing a reply itself while
 // nothing else is queued. An idle socket has no writer goroutine.
+//
+// Who owns what: the hub's lock guards registration (ws, out and id are
+// set under it, before anything else can see them) and watching; qmu
+// guards everything queued and who writes; busy is held by the reader
+// while it answers a request, so that a drain waits for that answer; the
+// atomics are single values read by the sweep. No lock is held across a
+// Redis call, a network write, a close or a log line.
 type conn struct {
 	h       *Hub
 	ws      *websocket.Conn // set under h.mu
@@ -44,7 +51,8 @@ type conn struct {
 	// The outbound queue: a slice that is empty (and costs nothing) while
 	// the socket is idle, bounded by QueueSize frames and QueueBytes bytes.
 	// spare is the array of the batch the writer wrote last, reused for the
-	// next one. qmu also guards typingSeen, writing, live and ended.
+	// next one. qmu also guards typingSeen, writing, live, ended, querying
+	// and pushed.
 	qmu    sync.Mutex
 	queue  []outItem
 	spare  []outItem
@@ -69,8 +77,8 @@ type conn struct {
 
 	// While presence queries are in flight (querying > 0), pushed changes
 	// are remembered in pushed, so that a query's answer, read from Redis
-	// before a push arrived, cannot be queued after it and undo it.
-	pmu      sync.Mutex
+	// before a push arrived, cannot be queued after it and undo it. Both
+	// are guarded by qmu, under which answers and pushes are queued.
 	querying int
 	pushed   map[string]bool
 
@@ -90,21 +98,29 @@ func (c *conn) touch() { c.lastHeard.Store(time.Now().UnixNano()) }
 // frames or bytes, closes the socket as a slow consumer.
 func (c *conn) enqueue(it outItem) {
 	c.qmu.Lock()
+	over, frames, bytes := c.enqueueLocked(it)
+	c.qmu.Unlock()
+	if over {
+		c.closeSlow(frames, bytes)
+	}
+}
+
+// enqueueLocked queues a frame; over reports that the queue went over its
+// bound with it (frames and bytes queued then), and was dropped: the
+// caller then calls closeSlow, without c.qmu. c.qmu is held.
+func (c *conn) enqueueLocked(it outItem) (over bool, frames, bytes int) {
 	if c.slow.Load() {
-		c.qmu.Unlock()
-		return
+		return false, 0, 0
 	}
 	if len(c.queue) >= c.h.cfg.QueueSize || c.qbytes+len(it.frame) > c.h.cfg.QueueBytes {
-		frames, bytes := len(c.queue), c.qbytes
+		frames, bytes = len(c.queue), c.qbytes
 		c.dropQueueLocked()
-		c.qmu.Unlock()
-		c.closeSlow(frames, bytes)
-		return
+		return true, frames, bytes
 	}
 	c.queue = append(c.queue, it)
 	c.qbytes += len(it.frame)
 	c.kickLocked()
-	c.qmu.Unlock()
+	return false, 0, 0
 }
 
 // enqueueEphemeral queues a frame that may be lost without harm (typing,
@@ -113,22 +129,22 @@ func (c *conn) enqueue(it outItem) {
 // queue and close it. A typing frame (typing true) passes at most once a
 // second per sender; the frame itself names the sender.
 func (c *conn) enqueueEphemeral(frame []byte, typing bool) {
-	cfg := &c.h.cfg
 	c.qmu.Lock()
-	if c.slow.Load() || len(c.queue) > cfg.QueueSize/2 || c.qbytes+len(frame) > cfg.QueueBytes/2 {
-		c.qmu.Unlock()
-		c.h.m.ephemeralDropped()
-		return
-	}
-	if typing && !c.typingAllowedLocked(frame, time.Now()) {
-		c.qmu.Unlock()
+	c.enqueueEphemeralLocked(frame, typing)
+	c.qmu.Unlock()
+}
+
+// enqueueEphemeralLocked is enqueueEphemeral with c.qmu held.
+func (c *conn) enqueueEphemeralLocked(frame []byte, typing bool) {
+	cfg := &c.h.cfg
+	if c.slow.Load() || len(c.queue) > cfg.QueueSize/2 || c.qbytes+len(frame) > cfg.QueueBytes/2 ||
+		typing && !c.typingAllowedLocked(frame, time.Now()) {
 		c.h.m.ephemeralDropped()
 		return
 	}
 	c.queue = append(c.queue, outItem{frame: frame})
 	c.qbytes += len(frame)
 	c.kickLocked()
-	c.qmu.Unlock()
 }
 
 // maxTypingSenders bounds typingSeen: past it, typing from new senders is
@@ -404,26 +420,24 @@ func (c *conn) write(frames ...outItem) bool {
 	return true
 }
 
-// sweep is the hub's periodic look at the socket: a write that has taken
-// over WriteTimeout drops the TCP connection; a peer silent for
-// PingInterval is pinged by a short-lived goroutine, and closed with 1008
-// if no pong comes within PingInterval/2. now is in unix ns.
-func (c *conn) sweep(now int64) {
+// sweep is the hub's periodic look at the socket, under the hub's read
+// lock: it reports a write that has taken over WriteTimeout (stuck), whose
+// TCP connection the hub then drops; a peer silent for PingInterval is
+// pinged by a short-lived goroutine, and closed with 1008 if no pong comes
+// within PingInterval/2. now is in unix ns.
+func (c *conn) sweep(now int64) (stuck bool) {
 	cfg := &c.h.cfg
 	if since := c.writeSince.Load(); since != 0 && now-since > int64(cfg.WriteTimeout) {
-		if c.ws != nil {
-			c.ws.CloseNow()
-		}
-		return
+		return c.ws != nil
 	}
 	if now-c.lastHeard.Load() < int64(cfg.PingInterval) || !c.pinging.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	c.qmu.Lock()
 	if !c.live || c.ended {
 		c.qmu.Unlock()
 		c.pinging.Store(false)
-		return
+		return false
 	}
 	c.workers.Add(1)
 	c.qmu.Unlock()
@@ -437,6 +451,7 @@ func (c *conn) sweep(now int64) {
 			c.shutdown(websocket.StatusPolicyViolation, "no pong")
 		}
 	}()
+	return false
 }
 
 // readLoop reads and answers frames until the socket ends. Reads take no
@@ -786,41 +801,53 @@ func (c *conn) presence(ctx context.Context, id string, f *inFrame) {
 		c.fail(id, CodeBadRequest, fmt.Sprintf("a socket may watch at most %d users", c.h.cfg.MaxWatch))
 		return
 	}
-	c.pmu.Lock()
+	c.qmu.Lock()
 	c.querying++
-	c.pmu.Unlock()
+	c.qmu.Unlock()
 	online, err := c.h.cfg.Presence.Online(ctx, f.Users)
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	c.querying--
-	if err == nil {
-		for u, on := range c.pushed {
-			if _, asked := online[u]; asked {
-				online[u] = on // the push is at least as new as the read
-			}
-		}
-	}
-	if c.querying == 0 {
-		c.pushed = nil
-	}
 	if err != nil {
+		c.qmu.Lock()
+		c.endQueryLocked()
+		c.qmu.Unlock()
 		c.storeFailed(id, "presence", err)
 		return
 	}
-	c.reply(presenceFrame{Type: "presence", ID: id, Online: online})
+	// The answer is queued under the same lock as pushes, after merging
+	// those that arrived meanwhile: no push can slip between the merge
+	// and the answer.
+	c.qmu.Lock()
+	for u, on := range c.pushed {
+		if _, asked := online[u]; asked {
+			online[u] = on // the push is at least as new as the read
+		}
+	}
+	c.endQueryLocked()
+	over, frames, bytes := c.enqueueLocked(outItem{frame: encode(presenceFrame{Type: "presence", ID: id, Online: online})})
+	c.qmu.Unlock()
+	if over {
+		c.closeSlow(frames, bytes)
+	}
+}
+
+// endQueryLocked ends a presence query. c.qmu is held.
+func (c *conn) endQueryLocked() {
+	c.querying--
+	if c.querying == 0 {
+		c.pushed = nil
+	}
 }
 
 // pushPresence queues a pushed presence change of user.
 func (c *conn) pushPresence(user string, online bool, frame []byte) {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
 	if c.querying > 0 {
 		if c.pushed == nil {
 			c.pushed = map[string]bool{}
 		}
 		c.pushed[user] = online
 	}
-	c.enqueueEphemeral(frame, false)
+	c.enqueueEphemeralLocked(frame, false)
 }
 
 func (c *conn) typing(ctx context.Context, id string, f *inFrame) {

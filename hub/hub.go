@@ -264,13 +264,19 @@ func (h *Hub) sweep() {
 		}
 		h.mu.Unlock()
 		now := time.Now().UnixNano()
+		var stuck []*websocket.Conn
 		h.mu.RLock()
 		for _, set := range h.users {
 			for c := range set {
-				c.sweep(now)
+				if c.sweep(now) {
+					stuck = append(stuck, c.ws)
+				}
 			}
 		}
 		h.mu.RUnlock()
+		for _, ws := range stuck { // outside the lock: a close may block
+			ws.CloseNow()
+		}
 	}
 }
 
@@ -565,15 +571,19 @@ func (h *Hub) Shutdown(ctx context.Context, window time.Duration) error {
 		h.sweeper.Wait()
 		return nil
 	case <-ctx.Done():
+		var left []*websocket.Conn
 		h.mu.RLock()
 		for _, set := range h.users {
 			for c := range set {
 				if c.ws != nil {
-					c.ws.CloseNow()
+					left = append(left, c.ws)
 				}
 			}
 		}
 		h.mu.RUnlock()
+		for _, ws := range left { // outside the lock: a close may block
+			ws.CloseNow()
+		}
 		<-done
 		h.sweeper.Wait()
 		return ctx.Err()
