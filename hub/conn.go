@@ -35,10 +35,11 @@ const slowCloseGrace = 250 * time.Millisecond
 //
 // Who owns what: the hub's lock guards registration (ws, out and id are
 // set under it, before anything else can see them) and watching; qmu
-// guards everything queued and who writes; busy is held by the reader
-// while it answers a request, so that a drain waits for that answer; the
-// atomics are single values read by the sweep. No lock is held across a
-// Redis call, a network write, a close or a log line.
+// guards everything queued and who writes, and is never held across a
+// Redis call, a network write, a close or a log line; busy is held by the
+// reader while it answers a request (Redis call included) and taken by
+// nothing but a drain, which waits on it for that answer; the atomics are
+// single values that the sweep reads.
 type conn struct {
 	h       *Hub
 	ws      *websocket.Conn // set under h.mu
