@@ -1,13 +1,18 @@
 // Package redistest gives each test a Redis: an in-process miniredis by
-// default, or the real Redis named by REDIS_URL, with a key prefix of the
-// test's own that is deleted when the test ends. The same tests run in both
-// modes.
+// default, the real Redis named by REDIS_URL, or the Redis Cluster named by
+// REDIS_CLUSTER_URL (go-redis's ParseClusterURL form, e.g.
+// redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002), with a
+// key prefix of the test's own that is deleted when the test ends. The
+// same tests run in all three modes; REDIS_CLUSTER_URL wins when both URLs
+// are set.
 package redistest
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -19,24 +24,51 @@ import (
 
 // Redis is one test's Redis.
 type Redis struct {
-	// Client talks to it.
-	Client *redis.Client
+	// Client talks to it: a *redis.Client, or a *redis.ClusterClient in
+	// cluster mode.
+	Client redis.UniversalClient
 	// Prefix is unique to the test and ends in ':'; every key the test
 	// writes must start with it (it is deleted at cleanup).
 	Prefix string
-	// URL is the address for a separate process or client, without the prefix.
+	// URL is the address for a separate process or client, without the
+	// prefix; in cluster mode, REDIS_CLUSTER_URL.
 	URL string
 	// Mini is the miniredis server, nil against a real Redis.
 	Mini *miniredis.Miniredis
 }
 
-// Real reports whether tests run against a real Redis (REDIS_URL is set).
-func Real() bool { return os.Getenv("REDIS_URL") != "" }
+// Real reports whether tests run against a real Redis (REDIS_URL or
+// REDIS_CLUSTER_URL is set).
+func Real() bool { return os.Getenv("REDIS_URL") != "" || Cluster() }
+
+// Cluster reports whether tests run against a Redis Cluster
+// (REDIS_CLUSTER_URL is set), where the store keeps its Redis Cluster
+// layout instead of the seed's.
+func Cluster() bool { return os.Getenv("REDIS_CLUSTER_URL") != "" }
 
 // New returns a Redis for t, cleaned up when t ends.
 func New(t testing.TB) *Redis {
 	t.Helper()
 	prefix := "chatdtest:" + randomHex(6) + ":"
+	if url := os.Getenv("REDIS_CLUSTER_URL"); url != "" {
+		opt, err := redis.ParseClusterURL(url)
+		if err != nil {
+			t.Fatalf("REDIS_CLUSTER_URL: %v", err)
+		}
+		c := redis.NewClusterClient(opt)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+			return n.Ping(ctx).Err()
+		}); err != nil {
+			t.Fatalf("REDIS_CLUSTER_URL=%s does not answer: %v", url, err)
+		}
+		t.Cleanup(func() {
+			Clean(t, c, prefix+"*")
+			c.Close()
+		})
+		return &Redis{Client: c, Prefix: prefix, URL: url}
+	}
 	if url := os.Getenv("REDIS_URL"); url != "" {
 		opt, err := redis.ParseURL(url)
 		if err != nil {
@@ -60,11 +92,104 @@ func New(t testing.TB) *Redis {
 	return &Redis{Client: c, Prefix: prefix, URL: "redis://" + mr.Addr() + "/0", Mini: mr}
 }
 
-// Clean deletes every key matching pattern.
-func Clean(t testing.TB, c *redis.Client, pattern string) {
+// NewClient returns another client of the same Redis, which the caller
+// closes: a *redis.ClusterClient in cluster mode, a *redis.Client
+// otherwise. Its connections are named name (CLIENT LIST shows it) unless
+// name is empty, and it dials with dial unless dial is nil.
+func (r *Redis) NewClient(t testing.TB, name string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) redis.UniversalClient {
+	t.Helper()
+	if _, ok := r.Client.(*redis.ClusterClient); ok {
+		opt, err := redis.ParseClusterURL(r.URL)
+		if err != nil {
+			t.Fatalf("parsing %s: %v", r.URL, err)
+		}
+		opt.ClientName, opt.Dialer = name, dial
+		return redis.NewClusterClient(opt)
+	}
+	opt, err := redis.ParseURL(r.URL)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", r.URL, err)
+	}
+	opt.ClientName, opt.Dialer = name, dial
+	return redis.NewClient(opt)
+}
+
+// ForEachNode calls fn for each node, one at a time: the one Redis, or
+// every node of a cluster (masters and replicas), for commands that
+// concern a node rather than keys (CLIENT LIST, SCAN).
+func ForEachNode(ctx context.Context, c redis.UniversalClient, fn func(ctx context.Context, node *redis.Client) error) error {
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		return c.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(ctx, node)
+		})
+	case *redis.Client:
+		return fn(ctx, c)
+	}
+	return fmt.Errorf("redistest: no nodes in a %T", c)
+}
+
+// Keys returns every key matching pattern, from every master of a cluster.
+func Keys(ctx context.Context, c redis.UniversalClient, pattern string) ([]string, error) {
+	scan := func(ctx context.Context, node *redis.Client) ([]string, error) {
+		var out []string
+		iter := node.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			out = append(out, iter.Val())
+		}
+		return out, iter.Err()
+	}
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		node, ok := c.(*redis.Client)
+		if !ok {
+			return nil, fmt.Errorf("redistest: cannot scan a %T", c)
+		}
+		return scan(ctx, node)
+	}
+	var mu sync.Mutex
+	var out []string
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		keys, err := scan(ctx, node)
+		mu.Lock()
+		out = append(out, keys...)
+		mu.Unlock()
+		return err
+	})
+	return out, err
+}
+
+// Clean deletes every key matching pattern (on every master of a cluster).
+func Clean(t testing.TB, c redis.UniversalClient, pattern string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		// One key per UNLINK: a node refuses keys of several slots in one.
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			iter := node.Scan(ctx, 0, pattern, 1000).Iterator()
+			pipe := node.Pipeline()
+			for iter.Next(ctx) {
+				pipe.Unlink(ctx, iter.Val())
+				if pipe.Len() == 1000 {
+					if _, err := pipe.Exec(ctx); err != nil {
+						return err
+					}
+				}
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return err
+			}
+			return iter.Err()
+		})
+		if err != nil {
+			t.Errorf("cleaning %s: %v", pattern, err)
+		}
+		return
+	}
 	iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 	var batch []string
 	for iter.Next(ctx) {
