@@ -48,3 +48,54 @@ func (k keys) replicaChannel(replica string) string { return k.replicaChannelPre
 
 // presenceChannel carries online/offline changes to every replica.
 func (k keys) presenceChannel() string { return k.prefix + "chat:presence-events" }
+
+// clusterKeys builds the keys of the Redis Cluster layout (PROTOCOL.md,
+// section 4, "Redis Cluster layout"). Each key holds a hash tag, so that
+// every key one script touches lives in one slot: a conversation's keys
+// are tagged with its name ("{43-23}"), a user's with the user id ("{43}").
+// User ids never hold '-' and conversation names always do, so the two
+// kinds of tag never meet. The prefix holds no '{' or '}' (ValidatePrefix):
+// it would move the tag. Channels have no tag; each hashes to its own slot,
+// so the replicas' channels spread over the shards.
+type clusterKeys struct{ prefix string }
+
+// conv is the list holding the conversation named name, in the seed's
+// element format, newest first.
+func (k clusterKeys) conv(name string) string { return k.prefix + "{" + name + "}" }
+
+// read is the hash of the conversation's read positions: "r:<user>" and
+// "len", as keys.read.
+func (k clusterKeys) read(name string) string { return k.conv(name) + ":read" }
+
+// idem records the seq a (sender, client id) stored in the conversation
+// name, for the idempotency window.
+func (k clusterKeys) idem(name, user, id string) string {
+	return k.conv(name) + ":idem:" + user + ":" + id
+}
+
+// user is the common part of user's keys.
+func (k clusterKeys) user(user string) string { return k.prefix + "{" + user + "}" }
+
+// inbox is a sorted set of user's conversation names scored by last activity (ms).
+func (k clusterKeys) inbox(user string) string { return k.user(user) + ":inbox" }
+
+// unreadHints is the hash of the conversations in which user may have
+// unread messages: field = conversation name, value = "<user's read
+// position> <list length>" when it was written (see cluster_scripts.go).
+func (k clusterKeys) unreadHints(user string) string { return k.user(user) + ":unread" }
+
+// presence is user's sorted set of live connections scored by expiry (ms).
+func (k clusterKeys) presence(user string) string { return k.user(user) + ":presence" }
+
+// presenceIndex is the sorted set of every "user conn" entry scored by
+// expiry (ms), which the reaper walks. It has the name it has on a single
+// Redis; on a cluster it is written before the entry it names.
+func (k clusterKeys) presenceIndex() string { return keys(k).presenceIndex() }
+
+// replicaChannel is the shard channel replica subscribes to; it has the
+// name of the channel it subscribes to on a single Redis.
+func (k clusterKeys) replicaChannel(replica string) string { return keys(k).replicaChannel(replica) }
+
+// presenceChannel is the shard channel that carries online/offline changes
+// to every replica, named as on a single Redis.
+func (k clusterKeys) presenceChannel() string { return keys(k).presenceChannel() }
