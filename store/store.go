@@ -25,6 +25,11 @@
 // subscribes per user, and a user who connects while a message is sent
 // either is found online (and is published to) or is counted unread.
 //
+// On a Redis Cluster (a *redis.ClusterClient) the Store keeps another
+// layout, whose keys carry hash tags, and a send or a read is a few calls,
+// one per slot, instead of one script (cluster.go, PROTOCOL.md section 4,
+// "Redis Cluster layout").
+//
 // A Store is safe for concurrent use.
 package store
 
@@ -65,9 +70,13 @@ type Store struct {
 	now    func() time.Time
 	log    *slog.Logger
 	sends  *batcher
+	cl     *cluster // nil on a single Redis
 }
 
-// New returns a Store over rdb. It does not touch Redis.
+// New returns a Store over rdb. It does not touch Redis. When rdb is a
+// *redis.ClusterClient, the Store keeps the Redis Cluster layout; New
+// panics then if cfg.Prefix holds '{' or '}' (check it first with
+// ValidatePrefix).
 func New(rdb redis.UniversalClient, cfg Config) *Store {
 	if cfg.IdempotencyTTL <= 0 {
 		cfg.IdempotencyTTL = 24 * time.Hour
@@ -78,13 +87,19 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	send := sendScript
+	cl := newCluster(rdb, cfg.Prefix)
+	if cl != nil {
+		send = clusterSendScript
+	}
 	return &Store{
 		rdb:    rdb,
 		keys:   keys{prefix: cfg.Prefix},
 		idemMS: cfg.IdempotencyTTL.Milliseconds(),
 		now:    cfg.Now,
 		log:    cfg.Logger,
-		sends:  newBatcher(rdb, sendScript),
+		sends:  newBatcher(rdb, send),
+		cl:     cl,
 	}
 }
 
@@ -107,6 +122,11 @@ func (s *Store) Ping(ctx context.Context) error {
 // live connection, records the idempotency key, updates both inboxes and
 // publishes the message to the replicas of both users, in one atomic step. A repeated (sender, client id) returns the first message with
 // dup true and writes nothing.
+//
+// On a Redis Cluster (see clusterSend) there is no seed hash, a client id
+// is remembered per conversation, and the message is stored, then indexed
+// and published by separate calls; a repeated send does those again, so it
+// publishes the message again.
 func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Message, dup bool, err error) {
 	if err := validatePair(req.From, req.To); err != nil {
 		return chat.Message{}, false, err
@@ -122,6 +142,9 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 	conv := chat.ConvKey(req.From, req.To)
 	now := s.now()
 	ts, tsText := formatTime(now)
+	if s.cl != nil {
+		return s.clusterSend(ctx, req, conv, ts, tsText)
+	}
 	head, tail := messagePayload(conv, req, now, tsText)
 	reply, err := s.sends.run(ctx,
 		[]string{
@@ -191,12 +214,21 @@ func (s *Store) History(ctx context.Context, user, peer string, before int64, li
 		return chat.Page{}, chat.Invalid("before must be a positive seq")
 	}
 	conv := chat.ConvKey(user, peer)
+	if s.cl != nil {
+		return s.clusterHistory(ctx, user, peer, conv, before, limit)
+	}
 	res, err := historyScript.Run(ctx, s.rdb,
 		[]string{s.keys.conv(conv), s.keys.read(conv), s.keys.unread(user), s.keys.unread(peer)},
 		before, limit, conv, user, peer).Slice()
 	if err != nil {
 		return chat.Page{}, fmt.Errorf("history %s: %w", conv, err)
 	}
+	return s.page(conv, res)
+}
+
+// page reads the reply of a history script: {length, top, unread, read,
+// peer read, elements}.
+func (s *Store) page(conv string, res []any) (chat.Page, error) {
 	if len(res) != 6 {
 		return chat.Page{}, fmt.Errorf("history %s: unexpected reply %v", conv, res)
 	}
@@ -225,7 +257,8 @@ func (s *Store) History(ctx context.Context, user, peer string, before int64, li
 // back. It sets the seed's unread count to what is left unread, and
 // delivers a receipt (chat.KindReceipt) to the sockets of both users and
 // the new count (chat.KindUnread) to the user's sockets, all but origin. An empty conversation is left alone: nothing is
-// written or sent.
+// written or sent. On a Redis Cluster (see clusterMarkRead) there is no
+// seed count; the position is written first, the rest follows.
 func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, origin string) (chat.ReadState, error) {
 	if err := validatePair(user, peer); err != nil {
 		return chat.ReadState{}, err
@@ -234,6 +267,9 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 		return chat.ReadState{}, chat.Invalid("seq must be positive")
 	}
 	conv := chat.ConvKey(user, peer)
+	if s.cl != nil {
+		return s.clusterMarkRead(ctx, user, peer, seq, origin, conv)
+	}
 	receipt := appendHead(nil, chat.KindReceipt, origin, []string{peer, user}, 0)
 	receipt = appendFields(receipt, user, peer)
 	receipt = append(receipt, '\t')
@@ -263,10 +299,14 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 // script, whose cost grows with the conversations that have unread messages
 // and with the seed's hash of user (one field per conversation ever counted
 // there), not with all of user's conversations. Malformed counts in the
-// seed's hash count 0.
+// seed's hash count 0. On a Redis Cluster (see clusterUnread) it is two
+// round trips: the user's unread hints, then the hinted conversations.
 func (s *Store) Unread(ctx context.Context, user string) (map[string]int64, error) {
 	if err := chat.ValidateUser(user); err != nil {
 		return nil, err
+	}
+	if s.cl != nil {
+		return s.clusterUnread(ctx, user)
 	}
 	res, err := unreadScript.Run(ctx, s.rdb, []string{s.keys.unread(user), s.keys.unreadIndex(user)},
 		user, s.keys.prefix, s.keys.readPrefix()).Slice()
@@ -297,11 +337,21 @@ func (s *Store) Inbox(ctx context.Context, user string, limit int) ([]chat.Conve
 	if limit < 1 || limit > chat.MaxInboxSize {
 		return nil, false, chat.Invalid("limit must be 1 to %d", chat.MaxInboxSize)
 	}
+	if s.cl != nil {
+		return s.clusterInbox(ctx, user, limit)
+	}
 	res, err := inboxScript.Run(ctx, s.rdb, []string{s.keys.inbox(user), s.keys.unread(user)},
 		limit+1, s.keys.prefix, user, s.keys.readPrefix()).Slice()
 	if err != nil {
 		return nil, false, fmt.Errorf("inbox %s: %w", user, err)
 	}
+	return s.inbox(res, user, limit)
+}
+
+// inbox reads the reply of an inbox script, flat sextuples {conv, length,
+// newest element, unread, read, peer read}, and keeps the limit most
+// recent conversations.
+func (s *Store) inbox(res []any, user string, limit int) ([]chat.Conversation, bool, error) {
 	out := make([]chat.Conversation, 0, len(res)/6)
 	for i := 0; i+5 < len(res); i += 6 {
 		conv, _ := res[i].(string)
@@ -356,6 +406,9 @@ func (s *Store) Typing(ctx context.Context, user, peer string) error {
 		return err
 	}
 	env := appendFields(appendHead(nil, chat.KindTyping, "", []string{peer}, 0), user)
+	if s.cl != nil {
+		return s.clusterTyping(ctx, peer, env)
+	}
 	if err := routeScript.Run(ctx, s.rdb, []string{s.keys.presence(peer)},
 		s.now().UnixMilli(), s.keys.replicaChannelPrefix(), env).Err(); err != nil {
 		return fmt.Errorf("typing %s: %w", peer, err)
