@@ -18,6 +18,9 @@ import (
 // expiry, and announces the user online on the presence channel when no
 // live connection was there before. It reports whether that happened.
 func (s *Store) Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error) {
+	if s.cl != nil {
+		return s.clusterConnect(ctx, user, member, expiry)
+	}
 	now := s.now()
 	ttl := expiry.Sub(now) + time.Minute
 	n, err := connectScript.Run(ctx, s.rdb, []string{s.keys.presence(user), s.keys.presenceIndex()},
@@ -39,6 +42,9 @@ func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry tim
 	}
 	if len(entries) == 0 {
 		return false, nil
+	}
+	if s.cl != nil {
+		return s.clusterRefresh(ctx, conns, expiry)
 	}
 	// Load the script once so the pipelined EVALSHAs cannot miss it.
 	if err := connectScript.Load(ctx, s.rdb).Err(); err != nil {
@@ -72,6 +78,9 @@ func (s *Store) Refresh(ctx context.Context, conns map[string]string, expiry tim
 // Disconnect removes the connection member of user, announcing the user
 // offline when it was the last live one. It reports whether that happened.
 func (s *Store) Disconnect(ctx context.Context, user, member string) (bool, error) {
+	if s.cl != nil {
+		return s.clusterDisconnect(ctx, user, member)
+	}
 	n, err := disconnectScript.Run(ctx, s.rdb, []string{s.keys.presence(user), s.keys.presenceIndex()},
 		member, s.now().UnixMilli(), user, s.keys.presenceChannel()).Int64()
 	if err != nil {
@@ -86,6 +95,9 @@ func (s *Store) Online(ctx context.Context, users []string) (map[string]bool, er
 	out := make(map[string]bool, len(users))
 	if len(users) == 0 {
 		return out, nil
+	}
+	if s.cl != nil {
+		return s.clusterOnline(ctx, users)
 	}
 	keys := make([]string, len(users))
 	for i, u := range users {
@@ -105,6 +117,9 @@ func (s *Store) Online(ctx context.Context, users []string) (map[string]bool, er
 // stopped without cleaning up) and announces users who went offline by it.
 // It returns how many entries it removed; any replica may call it.
 func (s *Store) Reap(ctx context.Context, batch int) (int, error) {
+	if s.cl != nil {
+		return s.clusterReap(ctx, batch)
+	}
 	n, err := reapScript.Run(ctx, s.rdb, []string{s.keys.presenceIndex()},
 		s.now().UnixMilli(), batch, s.keys.presencePrefix(), s.keys.presenceChannel()).Int()
 	if err != nil {
