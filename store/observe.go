@@ -9,8 +9,8 @@ import (
 
 // LatencyHook returns a go-redis hook that times every command, and every
 // pipeline as a whole, and hands the time to observe with a command label
-// from a small fixed set ("evalsha", "eval", "ping", "publish", "hgetall",
-// "script", "pipeline", "other"), fit for a metric's label.
+// from a small fixed set ("evalsha", "eval", "ping", "publish", "spublish",
+// "hgetall", "script", "pipeline", "other"), fit for a metric's label.
 func LatencyHook(observe func(cmd string, d time.Duration)) redis.Hook {
 	return latencyHook{observe}
 }
@@ -43,7 +43,7 @@ func (l latencyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // commandLabel keeps the label set small and fixed.
 func commandLabel(name string) string {
 	switch name {
-	case "evalsha", "eval", "ping", "publish", "hgetall", "script":
+	case "evalsha", "eval", "ping", "publish", "spublish", "hgetall", "script":
 		return name
 	}
 	return "other"

@@ -30,7 +30,9 @@ type Events interface {
 // store's scripts route frames to, and the presence channel. Redis pub/sub
 // is at most once; go-redis reconnects and resubscribes on its own, and the
 // Subscriber notices it (a second subscribe confirmation of its channel)
-// and calls Events.Resync.
+// and calls Events.Resync. On a Redis Cluster the two are shard channels,
+// each with a link of its own (see cluster_pubsub.go), and a
+// re-subscription of either calls Events.Resync.
 type Subscriber struct {
 	s       *Store
 	replica string
@@ -50,7 +52,8 @@ func (s *Store) Subscribe(replica string, ev Events) *Subscriber {
 	return &Subscriber{s: s, replica: replica, ev: ev, ready: make(chan struct{}), canary: map[string]chan struct{}{}}
 }
 
-// Ready is closed once the replica's channel is subscribed for the first time.
+// Ready is closed once the replica's channel (on a Redis Cluster, both
+// channels) is subscribed for the first time.
 func (sub *Subscriber) Ready() <-chan struct{} { return sub.ready }
 
 // Reconnects counts how often the link was restored after a break.
@@ -59,6 +62,9 @@ func (sub *Subscriber) Reconnects() int64 { return sub.reconnects.Load() }
 // Run holds the subscription until ctx ends, handing what arrives to the
 // Events. It returns nil when ctx ends.
 func (sub *Subscriber) Run(ctx context.Context) error {
+	if sub.s.cl != nil {
+		return sub.runCluster(ctx)
+	}
 	own := sub.s.keys.replicaChannel(sub.replica)
 	ps := sub.s.rdb.Subscribe(ctx, own, sub.s.keys.presenceChannel())
 	defer ps.Close()
@@ -246,7 +252,11 @@ func truncate(s string) string {
 
 // Canary publishes a nonce to the replica's own channel and waits for it to
 // come back, proving the subscription delivers. It returns the round trip.
+// On a Redis Cluster it proves both links: a nonce goes to each channel.
 func (sub *Subscriber) Canary(ctx context.Context) (time.Duration, error) {
+	if sub.s.cl != nil {
+		return sub.clusterCanary(ctx)
+	}
 	nonce := randomID()
 	done := make(chan struct{})
 	sub.mu.Lock()
