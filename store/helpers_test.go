@@ -59,19 +59,21 @@ func (l *logBuf) String() string {
 type fixture struct {
 	r     *redistest.Redis
 	s     *Store
-	k     keys
+	k     keys        // the seed's layout, on a single Redis
+	ck    clusterKeys // the Redis Cluster layout
 	clock *clock
 	log   *logBuf
 	ctx   context.Context
 }
 
-// newFixture returns a Store on a fresh Redis (miniredis, or REDIS_URL's with
-// a per-test prefix). cfg.Prefix is always the test's; a nil cfg.Now is the
-// fixture's clock.
+// newFixture returns a Store on a fresh Redis (miniredis, REDIS_URL's or
+// REDIS_CLUSTER_URL's with a per-test prefix). cfg.Prefix is always the
+// test's; a nil cfg.Now is the fixture's clock.
 func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
 	r := redistest.New(t)
-	f := &fixture{r: r, k: keys{prefix: r.Prefix}, clock: newClock(), log: &logBuf{}, ctx: context.Background()}
+	f := &fixture{r: r, k: keys{prefix: r.Prefix}, ck: clusterKeys{prefix: r.Prefix}, clock: newClock(), log: &logBuf{},
+		ctx: context.Background()}
 	cfg.Prefix = r.Prefix
 	if cfg.Now == nil {
 		cfg.Now = f.clock.Now
@@ -82,6 +84,102 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 	f.s = New(r.Client, cfg)
 	t.Cleanup(f.s.Close)
 	return f
+}
+
+// cluster reports whether the Store keeps the Redis Cluster layout.
+func (f *fixture) cluster() bool { return f.s.cl != nil }
+
+// seedLayout skips a test that is about the seed's own layout (its unread
+// hash, or data its msgsend writes), which only a single Redis keeps.
+func (f *fixture) seedLayout(t testing.TB) {
+	t.Helper()
+	if f.cluster() {
+		t.Skip("about the seed's layout (its unread hash, its msgsend), which the Redis Cluster layout does not keep")
+	}
+}
+
+// The keys of the layout the Store keeps, for tests that look at Redis.
+
+func (f *fixture) convKey(conv string) string {
+	if f.cluster() {
+		return f.ck.conv(conv)
+	}
+	return f.k.conv(conv)
+}
+
+func (f *fixture) readKey(conv string) string {
+	if f.cluster() {
+		return f.ck.read(conv)
+	}
+	return f.k.read(conv)
+}
+
+func (f *fixture) idemKey(conv, user, id string) string {
+	if f.cluster() {
+		return f.ck.idem(conv, user, id)
+	}
+	return f.k.idem(user, id)
+}
+
+func (f *fixture) inboxKey(user string) string {
+	if f.cluster() {
+		return f.ck.inbox(user)
+	}
+	return f.k.inbox(user)
+}
+
+// unreadIndexKey is the single Redis's unread index or the cluster's
+// unread hints: both name the conversations with unread messages.
+func (f *fixture) unreadIndexKey(user string) string {
+	if f.cluster() {
+		return f.ck.unreadHints(user)
+	}
+	return f.k.unreadIndex(user)
+}
+
+func (f *fixture) presenceKey(user string) string {
+	if f.cluster() {
+		return f.ck.presence(user)
+	}
+	return f.k.presence(user)
+}
+
+func (f *fixture) replicaChannel(replica string) string {
+	if f.cluster() {
+		return f.ck.replicaChannel(replica)
+	}
+	return f.k.replicaChannel(replica)
+}
+
+// publish publishes a payload as the layout does: PUBLISH on a single
+// Redis, SPUBLISH on a cluster.
+func (f *fixture) publish(t testing.TB, channel, payload string) {
+	t.Helper()
+	var err error
+	if f.cluster() {
+		err = f.r.Client.SPublish(f.ctx, channel, payload).Err()
+	} else {
+		err = f.r.Client.Publish(f.ctx, channel, payload).Err()
+	}
+	if err != nil {
+		t.Fatalf("publishing to %s: %v", channel, err)
+	}
+}
+
+// wantSeed fails unless the seed's count of user for conv is want ("" for
+// none). The Redis Cluster layout has no seed hash: there it fails if
+// chatd wrote one.
+func (f *fixture) wantSeed(t testing.TB, user, conv, want string) {
+	t.Helper()
+	if f.cluster() {
+		if n, err := f.r.Client.Exists(f.ctx, f.k.unread(user)).Result(); err != nil || n != 0 {
+			t.Fatalf("EXISTS %s = %d, %v: the Redis Cluster layout writes no seed hash", f.k.unread(user), n, err)
+		}
+		return
+	}
+	if got := f.unreadField(t, user, conv); got != want {
+		t.Fatalf("the seed's HGET %s %s = %q, want %q", user, conv, got, want)
+	}
 }
 
 // send stores a message and fails the test on error.
@@ -120,7 +218,7 @@ func (f *fixture) unreadField(t testing.TB, user, conv string) string {
 // llen returns the length of conversation conv's list.
 func (f *fixture) llen(t testing.TB, conv string) int64 {
 	t.Helper()
-	n, err := f.r.Client.LLen(f.ctx, f.k.conv(conv)).Result()
+	n, err := f.r.Client.LLen(f.ctx, f.convKey(conv)).Result()
 	if err != nil {
 		t.Fatalf("LLEN %s: %v", conv, err)
 	}
@@ -130,7 +228,7 @@ func (f *fixture) llen(t testing.TB, conv string) int64 {
 // rawList returns conversation conv's list elements, newest first.
 func (f *fixture) rawList(t testing.TB, conv string) []string {
 	t.Helper()
-	l, err := f.r.Client.LRange(f.ctx, f.k.conv(conv), 0, -1).Result()
+	l, err := f.r.Client.LRange(f.ctx, f.convKey(conv), 0, -1).Result()
 	if err != nil {
 		t.Fatalf("LRANGE %s: %v", conv, err)
 	}
@@ -141,7 +239,7 @@ func (f *fixture) rawList(t testing.TB, conv string) []string {
 func (f *fixture) lpush(t testing.TB, conv string, elements ...string) {
 	t.Helper()
 	for _, e := range elements {
-		if err := f.r.Client.LPush(f.ctx, f.k.conv(conv), e).Err(); err != nil {
+		if err := f.r.Client.LPush(f.ctx, f.convKey(conv), e).Err(); err != nil {
 			t.Fatalf("LPUSH %s: %v", conv, err)
 		}
 	}
@@ -150,6 +248,9 @@ func (f *fixture) lpush(t testing.TB, conv string, elements ...string) {
 // hset sets a field of user's unread hash, as the seed does.
 func (f *fixture) hset(t testing.TB, user, field, value string) {
 	t.Helper()
+	if f.cluster() {
+		t.Fatal("the Redis Cluster layout has no seed hash: skip the test with seedLayout")
+	}
 	if err := f.r.Client.HSet(f.ctx, f.k.unread(user), field, value).Err(); err != nil {
 		t.Fatalf("HSET %s %s: %v", user, field, err)
 	}
@@ -158,13 +259,13 @@ func (f *fixture) hset(t testing.TB, user, field, value string) {
 // keysUnder lists every key under the test's prefix, sorted.
 func (f *fixture) keysUnder(t testing.TB) []string {
 	t.Helper()
-	var out []string
-	iter := f.r.Client.Scan(f.ctx, 0, f.r.Prefix+"*", 1000).Iterator()
-	for iter.Next(f.ctx) {
-		out = append(out, strings.TrimPrefix(iter.Val(), f.r.Prefix))
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := redistest.Keys(f.ctx, f.r.Client, f.r.Prefix+"*")
+	if err != nil {
 		t.Fatalf("SCAN %s*: %v", f.r.Prefix, err)
+	}
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = strings.TrimPrefix(k, f.r.Prefix)
 	}
 	slices.Sort(out)
 	return out
@@ -389,11 +490,7 @@ func (c *commands) take() []string {
 // commands are counted.
 func (f *fixture) countingStore(t testing.TB) (*Store, *commands) {
 	t.Helper()
-	opt, err := redis.ParseURL(f.r.URL)
-	if err != nil {
-		t.Fatalf("parsing %s: %v", f.r.URL, err)
-	}
-	c := redis.NewClient(opt)
+	c := f.r.NewClient(t, "", nil)
 	t.Cleanup(func() { c.Close() })
 	cmds := &commands{}
 	c.AddHook(cmds)

@@ -138,9 +138,7 @@ func TestHistoryMarksNothingRead(t *testing.T) {
 	if after := f.dump(t); !maps.Equal(after, before) {
 		t.Fatalf("History wrote to Redis:\nbefore %v\nafter  %v", before, after)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "3" {
-		t.Fatalf("HGET 43 43-23 after History = %q, want the seed's 3", got)
-	}
+	f.wantSeed(t, "43", "43-23", "3")
 }
 
 func TestHistorySkipsMalformed(t *testing.T) {
@@ -224,8 +222,12 @@ func TestHistorySeedElements(t *testing.T) {
 		`{"fromid": 23, "toid": 43, "msg": "raw 你好 🎉", "time": 1732567892.0}`,
 		`{"fromid": 23, "toid": 43, "msg": "q\"b\\n\n", "time": 1732567893.25}`,
 	)
-	f.hset(t, "43", "43-23", "3")
+	if !f.cluster() {
+		f.hset(t, "43", "43-23", "3")
+	}
 	// The seed counts 3 for 43, but 43 wrote seq 2: it has read seq 1.
+	// (Without the seed's hash, on a Redis Cluster, 43 starts from 0, and
+	// its message at seq 2 read seq 1 all the same.)
 	page, err := f.s.History(f.ctx, "43", "23", 0, 0)
 	if err != nil || page.Unread != 2 || page.Read != 2 || page.PeerRead != 4 {
 		t.Fatalf("History of the seed's conversation = unread %d read %d peer read %d, %v; want 2, 2, 4",
@@ -253,9 +255,7 @@ func TestHistorySeedElements(t *testing.T) {
 	if page.Unread != 0 || page.Read != 5 || page.PeerRead != 4 {
 		t.Fatalf("after 43's send: unread %d read %d peer read %d; want 0, 5, 4", page.Unread, page.Read, page.PeerRead)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "3" {
-		t.Fatalf("HGET 43 43-23 = %q, want the seed's 3 (a send is no read)", got)
-	}
+	f.wantSeed(t, "43", "43-23", "3") // a send is no read
 }
 
 func TestHistoryStringIDs(t *testing.T) {

@@ -26,15 +26,9 @@ func TestMarkRead(t *testing.T) {
 	if err != nil || st != (chat.ReadState{Last: 3, Read: 3, Unread: 0}) {
 		t.Fatalf("MarkRead = %+v, %v; want last 3, read 3, unread 0", st, err)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "0" {
-		t.Fatalf("HGET 43 43-23 = %q, want 0", got)
-	}
-	if got := f.unreadField(t, "43", "65-43"); got != "1" {
-		t.Fatalf("HGET 43 65-43 = %q, want 1 (another conversation)", got)
-	}
-	if v, ok := f.hget(t, f.k.unread("23"), "43-23"); ok {
-		t.Fatalf("MarkRead by 43 touched 23's count: %q", v)
-	}
+	f.wantSeed(t, "43", "43-23", "0")
+	f.wantSeed(t, "43", "65-43", "1") // another conversation
+	f.wantSeed(t, "23", "43-23", "")  // MarkRead by 43 leaves 23's count alone
 	if n := f.llen(t, "43-23"); n != 3 {
 		t.Fatalf("MarkRead changed the list: length %d", n)
 	}
@@ -47,6 +41,7 @@ func TestMarkRead(t *testing.T) {
 func TestUnread(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
+	f.seedLayout(t)
 	f.send(t, "23", "43", "a")
 	f.send(t, "23", "43", "b")
 	f.send(t, "alice", "43", "c")
@@ -191,6 +186,7 @@ func TestInbox(t *testing.T) {
 func TestInboxSeedConversations(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
+	f.seedLayout(t)
 	f.clock.Advance(-time.Hour)
 	old := f.send(t, "43", "23", "chatd, an hour ago")
 	f.clock.Advance(time.Hour)
@@ -235,6 +231,7 @@ func TestInboxSeedConversations(t *testing.T) {
 func TestInboxIgnoresJunkUnreadFields(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
+	f.seedLayout(t)
 	last := f.send(t, "43", "23", "hi")
 	f.send(t, "99", "65", "makes the hash 65 exist")
 	f.hset(t, "23", "junk", "3")          // names no key

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/redis/go-redis/v9"
 )
 
 // online fails unless Online reports exactly want for its keys.
@@ -102,7 +101,7 @@ func TestPresenceExpiry(t *testing.T) {
 	f.clock.Advance(50 * time.Second)
 	f.online(t, map[string]bool{"23": false, "43": true})
 	// The key itself outlives its latest expiry, and is not kept forever.
-	ttl, err := f.r.Client.PTTL(f.ctx, f.k.presence("43")).Result()
+	ttl, err := f.r.Client.PTTL(f.ctx, f.presenceKey("43")).Result()
 	if err != nil || ttl <= 0 || ttl > 90*time.Second+time.Minute {
 		t.Fatalf("PTTL of 43's presence = %v, %v; want the entry's 90s plus a minute at most", ttl, err)
 	}
@@ -141,7 +140,7 @@ func TestPresenceReap(t *testing.T) {
 	f.online(t, map[string]bool{"23": false, "43": true, "65": true})
 	// The expired entries are gone from the user's set and the index.
 	for user, want := range map[string]int64{"23": 0, "43": 1} {
-		if n, err := f.r.Client.ZCard(f.ctx, f.k.presence(user)).Result(); err != nil || n != want {
+		if n, err := f.r.Client.ZCard(f.ctx, f.presenceKey(user)).Result(); err != nil || n != want {
 			t.Fatalf("ZCARD presence of %s = %d, %v; want %d", user, n, err, want)
 		}
 	}
@@ -230,9 +229,7 @@ func TestDeliveryRouting(t *testing.T) {
 	if len(ds1) != 2 || len(ds2) != 3 {
 		t.Fatalf("deliveries r1 %d, r2 %d; want 2 (nothing new) and 3 (the sender's replica)", len(ds1), len(ds2))
 	}
-	if got := f.unreadField(t, "23", "43-23"); got != "1" {
-		t.Fatalf("23 is offline: unread %q, want 1", got)
-	}
+	f.wantSeed(t, "23", "43-23", "1") // 23 is offline
 }
 
 func TestDeliveryTypingAndReceipt(t *testing.T) {
@@ -303,9 +300,7 @@ func TestSubscriberIgnoresMalformed(t *testing.T) {
 	f := newFixture(t, Config{})
 	sub, rec := f.subscribe(t, "r1")
 	for _, p := range []string{"", "x", "m", "mx", "p 1", "m a b\n{}", "m a b c d\n{}", "m a b c"} {
-		if err := f.r.Client.Publish(f.ctx, f.k.replicaChannel("r1"), p).Err(); err != nil {
-			t.Fatal(err)
-		}
+		f.publish(t, f.replicaChannel("r1"), p)
 	}
 	barrier(t, sub)
 	if ds, ps := rec.snapshot(); len(ds) != 0 || len(ps) != 0 {
@@ -358,19 +353,15 @@ func TestSubscriberRunEndsWithContext(t *testing.T) {
 	}
 }
 
-// TestSubscriberResync breaks the subscriber's connection: go-redis
-// reconnects and resubscribes, the Subscriber calls Resync once, and
-// delivery works again.
+// TestSubscriberResync breaks the subscriber's connection (on a cluster,
+// both shard channels' connections): go-redis reconnects and resubscribes,
+// the Subscriber calls Resync once, and delivery works again.
 func TestSubscriberResync(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
-	opt, err := redis.ParseURL(f.r.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var conns []net.Conn
-	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	c := f.r.NewClient(t, "", func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err == nil {
 			mu.Lock()
@@ -378,8 +369,7 @@ func TestSubscriberResync(t *testing.T) {
 			mu.Unlock()
 		}
 		return c, err
-	}
-	c := redis.NewClient(opt)
+	})
 	t.Cleanup(func() { c.Close() })
 	s := New(c, Config{Prefix: f.r.Prefix, Now: f.clock.Now, Logger: slog.New(slog.NewTextHandler(f.log, nil))})
 	broken := *f
@@ -457,7 +447,7 @@ func TestPresenceRefresh(t *testing.T) {
 		t.Fatalf("presence changes %v, want %v (23 back once, bulk once, 43 never lapsed)", got, want)
 	}
 	f.online(t, map[string]bool{"23": true, "43": true, "bulk": true})
-	if n, err := f.r.Client.ZCard(f.ctx, f.k.presence("bulk")).Result(); err != nil || n != 501 {
+	if n, err := f.r.Client.ZCard(f.ctx, f.presenceKey("bulk")).Result(); err != nil || n != 501 {
 		t.Fatalf("ZCARD presence of bulk = %d, %v; want 501", n, err)
 	}
 	// The new expiry holds: 29 s later all are live, 31 s later none.

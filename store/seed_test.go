@@ -149,6 +149,9 @@ func seedUsers(t *testing.T, rdb *redis.Client, n int) []string {
 // chatd serves what the seed writes, in one conversation list.
 func TestSeedInterop(t *testing.T) {
 	t.Parallel()
+	if redistest.Cluster() {
+		t.Skip("seed interop is about the seed's layout, on a single Redis: the Redis Cluster layout is not the seed's, and the seed's Python cannot talk to a cluster")
+	}
 	if !redistest.Real() {
 		t.Skip("seed interop runs the seed's Python against a real Redis: set REDIS_URL to run it")
 	}

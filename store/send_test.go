@@ -76,14 +76,13 @@ func TestSendStringIDs(t *testing.T) {
 	if len(list) != 1 || !strings.HasPrefix(list[0], `{"fromid":"alice","toid":"bob@x.org","msg":"hi","time":`) {
 		t.Fatalf("list = %q, want one element with string ids", list)
 	}
-	if got := f.unreadField(t, "bob@x.org", "bob@x.org-alice"); got != "1" {
-		t.Fatalf("unread of bob@x.org = %q, want 1", got)
-	}
+	f.wantSeed(t, "bob@x.org", "bob@x.org-alice", "1")
 }
 
 func TestSendUnread(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
+	f.seedLayout(t)
 
 	// Offline recipient: the seed's HGET <to> <conv> is bumped, the sender's is not.
 	f.send(t, "23", "43", "one")
@@ -134,11 +133,12 @@ func TestSendIdempotent(t *testing.T) {
 	}
 	f.send(t, "43", "23", "reply") // moves the list on: the earlier one is no longer the head
 
-	for _, retry := range []chat.SendRequest{
-		req,
-		{From: "23", To: "43", Text: "other text", ClientID: "c1"},
-		{From: "23", To: "65", Text: "other recipient", ClientID: "c1"},
-	} {
+	retries := []chat.SendRequest{req, {From: "23", To: "43", Text: "other text", ClientID: "c1"}}
+	other := chat.SendRequest{From: "23", To: "65", Text: "other recipient", ClientID: "c1"}
+	if !f.cluster() {
+		retries = append(retries, other)
+	}
+	for _, retry := range retries {
 		f.clock.Advance(time.Second)
 		m, dup, err := f.s.Send(f.ctx, retry)
 		if err != nil {
@@ -151,15 +151,22 @@ func TestSendIdempotent(t *testing.T) {
 	if n := f.llen(t, "43-23"); n != 2 {
 		t.Fatalf("list length %d, want 2", n)
 	}
-	if n := f.llen(t, "65-23"); n != 0 {
-		t.Fatalf("retry to another recipient stored %d messages", n)
+	if f.cluster() {
+		// On a Redis Cluster a client id is kept in its conversation's
+		// slot: the same id to another recipient is another message.
+		m, dup, err := f.s.Send(f.ctx, other)
+		if err != nil || dup || m.Conv != "65-23" || m.Seq != 1 || m.Text != other.Text {
+			t.Fatalf("same id, other recipient = %+v, %v, %v; want a new message #1 in 65-23", m, dup, err)
+		}
+	} else {
+		if n := f.llen(t, "65-23"); n != 0 {
+			t.Fatalf("retry to another recipient stored %d messages", n)
+		}
+		if _, ok := f.hget(t, f.k.unread("65"), "65-23"); ok {
+			t.Fatal("retry to another recipient bumped its unread count")
+		}
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "1" {
-		t.Fatalf("HGET 43 43-23 = %q, want 1", got)
-	}
-	if _, ok := f.hget(t, f.k.unread("65"), "65-23"); ok {
-		t.Fatal("retry to another recipient bumped its unread count")
-	}
+	f.wantSeed(t, "43", "43-23", "1")
 
 	// Another sender may use the same id.
 	m, dup, err := f.s.Send(f.ctx, chat.SendRequest{From: "43", To: "23", Text: "mine", ClientID: "c1"})
@@ -191,7 +198,7 @@ func TestSendIdempotencyExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := f.k.idem("23", "c1")
+	key := f.idemKey("43-23", "23", "c1")
 	ttl, err := f.r.Client.PTTL(f.ctx, key).Result()
 	if err != nil || ttl <= 0 {
 		t.Fatalf("PTTL %s = %v, %v; want a TTL", key, ttl, err)
@@ -255,7 +262,7 @@ func TestSendInvalidWritesNothing(t *testing.T) {
 	}
 	// Control: a valid one does write, so the scan above can see keys.
 	f.send(t, "23", "43", "x")
-	if ks := f.keysUnder(t); !slices.Contains(ks, "43-23") {
+	if ks := f.keysUnder(t); !slices.Contains(ks, strings.TrimPrefix(f.convKey("43-23"), f.r.Prefix)) {
 		t.Fatalf("keys after a valid send = %q, want 43-23 among them", ks)
 	}
 }
@@ -303,9 +310,7 @@ func TestSendConcurrent(t *testing.T) {
 	if n := f.llen(t, "43-23"); n != workers*each {
 		t.Fatalf("list length %d, want %d", n, workers*each)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != strconv.Itoa(workers*each) {
-		t.Fatalf("unread = %s, want %d", got, workers*each)
-	}
+	f.wantSeed(t, "43", "43-23", strconv.Itoa(workers*each))
 	// Each text sits at the seq its Send returned: the reply and the list agree.
 	var before int64
 	read := 0
@@ -376,9 +381,7 @@ func TestSendIdempotentRace(t *testing.T) {
 	if n := f.llen(t, "43-23"); n != 1 {
 		t.Fatalf("list length %d, want 1", n)
 	}
-	if got := f.unreadField(t, "43", "43-23"); got != "1" {
-		t.Fatalf("unread %q, want 1", got)
-	}
+	f.wantSeed(t, "43", "43-23", "1")
 }
 
 // TestSendToSelf: a note to self is one conversation "<id>-<id>", counted in
@@ -391,9 +394,7 @@ func TestSendToSelf(t *testing.T) {
 	if m.Conv != "23-23" || m.Seq != 1 {
 		t.Fatalf("Send to self = %+v, want seq 1 in 23-23", m)
 	}
-	if got := f.unreadField(t, "23", "23-23"); got != "1" {
-		t.Fatalf("HGET 23 23-23 = %q, want 1", got)
-	}
+	f.wantSeed(t, "23", "23-23", "1")
 	sub, rec := f.subscribe(t, "r1")
 	f.connect(t, "23", "r1 c1", time.Minute)
 	f.send(t, "23", "23", "again")
