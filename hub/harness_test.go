@@ -22,7 +22,7 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
-// cluster is several replicas on one Redis.
+// cluster is several replicas on one Redis (which may be a Redis Cluster).
 type cluster struct {
 	t     *testing.T
 	redis *redistest.Redis
@@ -34,6 +34,16 @@ func newCluster(t *testing.T) *cluster {
 	return &cluster{t: t, redis: redistest.New(t), clock: &redistest.Clock{}}
 }
 
+// presenceKeys names user's presence set and the presence index, in the
+// layout the store keeps on this Redis (PROTOCOL.md section 4).
+func (cl *cluster) presenceKeys(user string) []string {
+	p := cl.redis.Prefix
+	if redistest.Cluster() {
+		return []string{p + "{" + user + "}:presence", p + "chat:presence-index"}
+	}
+	return []string{p + "chat:presence:" + user, p + "chat:presence-index"}
+}
+
 // replica is one in-process chatd replica.
 type replica struct {
 	name    string
@@ -41,7 +51,8 @@ type replica struct {
 	store   *store.Store
 	tracker *presence.Tracker
 	sub     *store.Subscriber
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
+	client  string // the name of rdb's connections
 	srv     *httptest.Server
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -67,16 +78,12 @@ func (cl *cluster) replica(name string, opts ...option) *replica {
 	t := cl.t
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opt, err := redis.ParseURL(cl.redis.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.ClientName = "chatdtest-" + name + "-" + strings.TrimSuffix(cl.redis.Prefix[len("chatdtest:"):], ":")
-	rdb := redis.NewClient(opt)
+	clientName := "chatdtest-" + name + "-" + strings.TrimSuffix(cl.redis.Prefix[len("chatdtest:"):], ":")
+	rdb := cl.redis.NewClient(t, clientName, nil)
 	var tr *presence.Tracker
 	st := store.New(rdb, store.Config{Prefix: cl.redis.Prefix, Now: cl.clock.Now, Logger: log})
 	var h *hub.Hub // as in cmd/chatd: the tracker's lapses go to the hub
-	tr, err = presence.New(presence.Config{Backend: st, Replica: name, Now: cl.clock.Now, Logger: log,
+	tr, err := presence.New(presence.Config{Backend: st, Replica: name, Now: cl.clock.Now, Logger: log,
 		ReapInterval: 50 * time.Millisecond, Heartbeat: time.Hour, OnLapse: func() { h.RequestResync() }})
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +95,7 @@ func (cl *cluster) replica(name string, opts ...option) *replica {
 	}
 	cfg.Auth = auth.New(secret, chat.ValidateUser)
 	h = hub.New(cfg)
-	r := &replica{name: name, hub: h, store: st, tracker: tr, rdb: rdb, done: make(chan struct{})}
+	r := &replica{name: name, hub: h, store: st, tracker: tr, rdb: rdb, client: clientName, done: make(chan struct{})}
 	r.sub = st.Subscribe(name, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = cancel
