@@ -104,7 +104,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	// The secret and the Redis URL (which may hold a password) are read
 	// from the environment after parsing, so that -h never prints them as
 	// a default.
-	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, e.g. redis://127.0.0.1:6379/0 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
+	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, e.g. redis://127.0.0.1:6379/0, or a Redis Cluster's, with one addr parameter or more: redis://10.0.0.1:7000?addr=10.0.0.2:7000&addr=10.0.0.3:7000 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
 	fs.StringVar(&c.secret, "secret", "", "HS256 `secret` that signs client tokens, at least 32 bytes (env CHAT_SECRET, which keeps it out of the process list); empty is dev mode: clients name themselves with ?user=")
 	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
 	host, _ := os.Hostname()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/auth"
 	"github.com/chatd/chatd/internal/redistest"
@@ -324,28 +325,38 @@ func TestRedisRestartResyncsAndDeliversLive(t *testing.T) {
 	}
 }
 
-// killPubSub kills the real Redis pub/sub connection of the replica whose
-// connections are named name (chatd names them "chatd-<replica>").
+// killPubSub kills the real Redis pub/sub connections of the replica whose
+// connections are named name (chatd names them "chatd-<replica>"): one on
+// a single Redis, one per shard channel, on its node, on a Redis Cluster.
 func killPubSub(t *testing.T, r *redistest.Redis, name string) {
 	t.Helper()
-	list, err := r.Client.ClientList(t.Context()).Result()
+	killed := 0
+	err := redistest.ForEachNode(t.Context(), r.Client, func(ctx context.Context, node *redis.Client) error {
+		list, err := node.ClientList(ctx).Result()
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(list, "\n") {
+			if !strings.Contains(line, " name="+name+" ") || strings.Contains(line, " sub=0 ") && !strings.Contains(line, " ssub=1 ") {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if id, ok := strings.CutPrefix(f, "id="); ok {
+					if err := node.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err != nil {
+						return err
+					}
+					killed++
+				}
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(list, "\n") {
-		if !strings.Contains(line, " name="+name+" ") || strings.Contains(line, " sub=0 ") {
-			continue
-		}
-		for _, f := range strings.Fields(line) {
-			if id, ok := strings.CutPrefix(f, "id="); ok {
-				if err := r.Client.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-		}
+	if killed == 0 {
+		t.Fatalf("no pub/sub connection named %s", name)
 	}
-	t.Fatalf("no pub/sub connection named %s in:\n%s", name, list)
 }
 
 func TestReadyzFollowsRedis(t *testing.T) {

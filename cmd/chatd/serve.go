@@ -92,6 +92,9 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	}
 	defer stopRedis()
 	defer rdb.Close()
+	if err := store.ValidatePrefix(rdb, cfg.prefix); err != nil {
+		return fmt.Errorf("-prefix (or CHAT_PREFIX): %w", err)
+	}
 	rdb.AddHook(store.LatencyHook(func(cmd string, d time.Duration) {
 		metrics.RedisLatency.WithLabelValues(cmd).Observe(d.Seconds())
 	}))
@@ -289,8 +292,12 @@ func notReady(ctx context.Context, h *hub.Hub, st *store.Store, sub *store.Subsc
 }
 
 // openRedis connects to url, or starts an embedded in-memory Redis when url
-// is empty. Its connections are named client (CLIENT LIST shows it). It
-// returns a name for the log without credentials.
+// is empty. A URL with an "addr" parameter names a Redis Cluster, in
+// go-redis's ParseClusterURL form (redis://host1:port1?addr=host2:port2&…;
+// the host and every addr are seed nodes) and gets a cluster client, for
+// which the store keeps its Redis Cluster layout. Its connections are named
+// client (CLIENT LIST shows it). It returns a name for the log without
+// credentials.
 func openRedis(url, client string) (redis.UniversalClient, string, func(), error) {
 	if url == "" {
 		mr := miniredis.NewMiniRedis()
@@ -319,6 +326,9 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ClientName: client})
 		return rdb, "embedded (in memory, nothing is kept; use -redis for a real Redis)", stop, nil
 	}
+	if u, err := neturl.Parse(url); err == nil && u.Query().Has("addr") {
+		return openCluster(u, client)
+	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		// A *url.Error quotes the whole URL, password included.
@@ -334,4 +344,23 @@ func openRedis(url, client string) (redis.UniversalClient, string, func(), error
 		name = url[:i] + "://" + name
 	}
 	return redis.NewClient(opt), name, func() {}, nil
+}
+
+// openCluster returns a client of the Redis Cluster that u names (see
+// openRedis), and a name for the log without credentials.
+func openCluster(u *neturl.URL, client string) (redis.UniversalClient, string, func(), error) {
+	if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
+		return nil, "", nil, errors.New("-redis (or REDIS_URL): a Redis Cluster has only database 0")
+	}
+	opt, err := redis.ParseClusterURL(u.String())
+	if err != nil {
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, "", nil, fmt.Errorf("-redis (or REDIS_URL): not a valid Redis Cluster URL: %w", err)
+	}
+	opt.ClientName = client
+	name := u.Scheme + "://" + strings.Join(opt.Addrs, ",") + " (cluster)"
+	return redis.NewClusterClient(opt), name, func() {}, nil
 }
