@@ -58,6 +58,18 @@ type replica struct {
 	done    chan struct{}
 }
 
+// settle waits until everything published to the replica before the call
+// has been handed to its sockets: a canary sent through its own channel
+// comes back after them.
+func (r *replica) settle(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := r.sub.Canary(ctx); err != nil {
+		t.Fatalf("replica %s: canary: %v", r.name, err)
+	}
+}
+
 type option func(*hub.Config, *string)
 
 func withSecret(s string) option { return func(_ *hub.Config, secret *string) { *secret = s } }

@@ -49,6 +49,7 @@ func TestOfflineUnreadHistoryAndReceipt(t *testing.T) {
 			t.Fatalf("got %v", f)
 		}
 	}
+	r.settle(t) // the messages' live deliveries are done: 43 was offline for them
 	b := r.dial(t, "9")
 	b.ws.CloseNow()
 	c := r.dialURL(t, r.wsURL("user=43"), nil)
