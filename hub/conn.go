@@ -44,6 +44,7 @@ type conn struct {
 	h       *Hub
 	ws      *websocket.Conn // set under h.mu
 	out     *outbox         // under ws; set with it
+	batch   bool            // chatd.batch was negotiated; set with ws
 	user    string
 	id      string // presence member; set under h.mu
 	limiter *rate.Limiter
@@ -388,21 +389,26 @@ func (c *conn) closeAsked() {
 	c.ws.Close(c.quitCode, c.quitWhy)
 }
 
-// write writes frames, in one system call (see outbox), and stops early
-// when the socket turns out to be a slow consumer. A write is not given a
-// context (which would arm a timer per write); the hub's sweep bounds it
-// instead, dropping a socket whose write takes over WriteTimeout. An error
-// drops the socket.
+// write writes frames, in one system call (see outbox): one message each,
+// or joined into few messages with batch framing (writeJoined). It stops
+// early when the socket turns out to be a slow consumer. A write is not
+// given a context (which would arm a timer per write); the hub's sweep
+// bounds it instead, dropping a socket whose write takes over WriteTimeout.
+// An error drops the socket.
 func (c *conn) write(frames ...outItem) bool {
 	c.writeSince.Store(time.Now().UnixNano())
 	c.out.cork()
 	var err error
-	for _, it := range frames {
-		if c.slow.Load() {
-			break
-		}
-		if err = c.ws.Write(context.Background(), websocket.MessageText, it.frame); err != nil {
-			break
+	if c.batch && len(frames) > 1 {
+		err = c.writeJoined(frames)
+	} else {
+		for _, it := range frames {
+			if c.slow.Load() {
+				break
+			}
+			if err = c.ws.Write(context.Background(), websocket.MessageText, it.frame); err != nil {
+				break
+			}
 		}
 	}
 	if uerr := c.out.uncork(); err == nil {

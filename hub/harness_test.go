@@ -1,6 +1,7 @@
 package hub_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -161,6 +162,8 @@ func (r *replica) wsURL(query string) string {
 }
 
 // client is a test WebSocket client that records every frame it reads.
+// With batch framing negotiated it splits each message on "\n"; without
+// it, a message must be one JSON frame.
 type client struct {
 	t      *testing.T
 	user   string
@@ -202,18 +205,25 @@ func (r *replica) dialURL(t *testing.T, url string, opts *websocket.DialOptions)
 
 func (c *client) readLoop() {
 	defer close(c.frames)
+	batch := c.ws.Subprotocol() == hub.BatchSubprotocol
 	for {
 		_, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			c.ended <- err
 			return
 		}
-		var m map[string]any
-		if err := json.Unmarshal(data, &m); err != nil {
-			c.t.Errorf("server sent invalid JSON %q: %v", data, err)
-			continue
+		parts := [][]byte{data}
+		if batch {
+			parts = bytes.Split(data, []byte{'\n'})
 		}
-		c.frames <- m
+		for _, p := range parts {
+			var m map[string]any
+			if err := json.Unmarshal(p, &m); err != nil {
+				c.t.Errorf("server sent invalid JSON %q: %v", p, err)
+				continue
+			}
+			c.frames <- m
+		}
 	}
 }
 

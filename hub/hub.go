@@ -336,6 +336,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // checkOrigin has checked the origin
 		OnPongReceived:     func(context.Context, []byte) { c.touch() },
+		Subprotocols:       []string{BatchSubprotocol},
 	})
 	if err != nil {
 		// Accept has answered (400/426 for a bad upgrade).
@@ -349,7 +350,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.mu.Lock()
-	c.ws, c.out = ws, uw.out
+	c.ws, c.out, c.batch = ws, uw.out, batchSelected(ws)
 	h.mu.Unlock()
 	// The socket runs in a goroutine of its own, owned by the hub (h.wg,
 	// until unregister), so that net/http's connection goroutine, with its
