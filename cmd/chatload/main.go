@@ -6,6 +6,8 @@
 //
 // Latencies: "ack" is send to "sent"; "delivery" is send to the peer's
 // "message". With -secret, clients present tokens; otherwise ?user=.
+// Clients offer batch framing (the chatd.batch subprotocol) unless
+// -batch=false; every figure counts frames, not WebSocket messages.
 package main
 
 import (
@@ -52,7 +54,13 @@ type config struct {
 	prefix   string
 	text     int
 	metrics  string
+	batch    bool
+	pid      int
 }
+
+// batchSubprotocol is the subprotocol of batch framing (docs/PROTOCOL.md,
+// section 1): a message holds one or more frames, separated by "\n".
+const batchSubprotocol = "chatd.batch"
 
 // stats gathers latencies from every connection.
 type stats struct {
@@ -63,6 +71,8 @@ type stats struct {
 	acked    atomic.Int64
 	recv     atomic.Int64
 	errs     atomic.Int64
+	messages atomic.Int64 // WebSocket messages read
+	frames   atomic.Int64 // frames in them
 	counting atomic.Bool
 }
 
@@ -92,6 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number")
 	fs.IntVar(&c.text, "text", 64, "message text `bytes`")
 	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
+	fs.BoolVar(&c.batch, "batch", true, "offer batch framing (subprotocol "+batchSubprotocol+"): frames the server writes at once come in one message")
+	fs.IntVar(&c.pid, "pid", 0, "the server's process `id` on this machine; report its CPU time per delivered message (Linux)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `chatload puts a chat load on a chatd server and reports what it saw.
 
@@ -101,8 +113,14 @@ It reports throughput, ack and delivery latency percentiles and errors; with
 -rate 0 and -metrics, it holds idle sockets and reports the server's memory
 per socket.
 
+Clients offer batch framing (the chatd.batch subprotocol), in which a
+message may hold several frames separated by "\n"; -batch=false asks for one
+frame per message, as wscat gets. Counts and latencies are per frame either
+way. With -pid, it also reports the server's CPU time per delivered message.
+
 Examples:
   chatload -url ws://127.0.0.1:8080/ws -users 1000 -rate 3000 -duration 30s
+  chatload -rate 10000 -pid $(pgrep -n chatd)                               # with the server's CPU per message
   chatload -users 10000 -rate 0 -metrics http://127.0.0.1:8080/metrics   # memory per idle socket
 
 Many sockets need many file descriptors: raise the limit first (ulimit -n 65536).
@@ -117,8 +135,13 @@ Flags:
 	if c.secret == "" {
 		c.secret = os.Getenv("CHAT_SECRET")
 	}
-	if c.users < 2 || c.users%2 != 0 || c.rate < 0 {
-		return errors.New("-users must be even and at least 2, -rate not negative")
+	if c.users < 2 || c.users%2 != 0 || c.rate < 0 || c.pid < 0 {
+		return errors.New("-users must be even and at least 2, -rate and -pid not negative")
+	}
+	if c.pid != 0 {
+		if _, err := cpuTime(c.pid); err != nil {
+			return err
+		}
 	}
 	var before map[string]float64
 	if c.metrics != "" {
@@ -173,13 +196,25 @@ Flags:
 		go func() { defer wg.Done(); sender(runCtx, ws, c, peer, interval, st) }()
 	}
 	time.Sleep(c.warmup)
+	var cpu0 time.Duration
+	var cpuErr error
+	if c.pid != 0 {
+		cpu0, cpuErr = cpuTime(c.pid)
+	}
 	st.counting.Store(true)
 	sent0, acked0, recv0 := st.sent.Load(), st.acked.Load(), st.recv.Load()
+	msgs0, frames0 := st.messages.Load(), st.frames.Load()
 	start := time.Now()
 	<-runCtx.Done()
 	elapsed := time.Since(start)
 	st.counting.Store(false)
 	sent, acked, recv := st.sent.Load()-sent0, st.acked.Load()-acked0, st.recv.Load()-recv0
+	msgs, frames := st.messages.Load()-msgs0, st.frames.Load()-frames0
+	var cpu time.Duration
+	if c.pid != 0 {
+		cpu1, err := cpuTime(c.pid)
+		cpu, cpuErr = cpu1-cpu0, errors.Join(cpuErr, err)
+	}
 	for _, ws := range conns {
 		ws.Close(websocket.StatusNormalClosure, "")
 	}
@@ -192,6 +227,24 @@ Flags:
 		recv, float64(recv)/elapsed.Seconds(), st.errs.Load())
 	fmt.Fprintf(stdout, "ack      %s\n", quantiles(st.ack))
 	fmt.Fprintf(stdout, "delivery %s\n", quantiles(st.delivery))
+	batched := 0
+	for _, ws := range conns {
+		if ws.Subprotocol() == batchSubprotocol {
+			batched++
+		}
+	}
+	fmt.Fprintf(stdout, "read %d frames in %d WebSocket messages (%.2f per message; batch framing on %d of %d sockets)\n",
+		frames, msgs, float64(frames)/float64(max(msgs, 1)), batched, len(conns))
+	switch {
+	case c.pid == 0:
+	case cpuErr != nil:
+		fmt.Fprintf(stdout, "server CPU: %v\n", cpuErr)
+	case recv == 0:
+		fmt.Fprintf(stdout, "server CPU (pid %d) %.2f cores, no messages delivered\n", c.pid, cpu.Seconds()/elapsed.Seconds())
+	default:
+		fmt.Fprintf(stdout, "server CPU (pid %d) %.2f cores, %.0f µs per delivered message\n",
+			c.pid, cpu.Seconds()/elapsed.Seconds(), float64(cpu.Microseconds())/float64(recv))
+	}
 	return nil
 }
 
@@ -207,7 +260,11 @@ func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(dctx, url, nil)
+	var opts websocket.DialOptions
+	if c.batch {
+		opts.Subprotocols = []string{batchSubprotocol}
+	}
+	ws, _, err := websocket.Dial(dctx, url, &opts)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", user, err)
 	}
@@ -271,29 +328,74 @@ func field(data []byte, key string) []byte {
 	return nil
 }
 
+// reader reads the socket's messages and counts the frames in them: with
+// batch framing negotiated, a message holds one or more frames separated
+// by "\n"; without it, a message is one frame.
 func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
+	batch := ws.Subprotocol() == batchSubprotocol
 	for {
 		_, data, err := ws.Read(ctx)
 		if err != nil {
 			return
 		}
 		now := time.Now().UnixNano()
-		switch string(field(data, `"type":"`)) {
-		case "sent":
-			st.acked.Add(1)
-			if t, err := strconv.ParseInt(string(field(data, `"id":"`)), 10, 64); err == nil {
-				st.add(true, time.Duration(now-t))
+		st.messages.Add(1)
+		for len(data) > 0 {
+			frame := data
+			if batch {
+				frame, data, _ = bytes.Cut(data, []byte{'\n'})
+			} else {
+				data = nil
 			}
-		case "message":
-			st.recv.Add(1)
-			ts, _, _ := bytes.Cut(field(data, `"text":"`), []byte(" "))
-			if t, err := strconv.ParseInt(string(ts), 10, 64); err == nil {
-				st.add(false, time.Duration(now-t))
-			}
-		case "error":
-			st.errs.Add(1)
+			st.frames.Add(1)
+			received(frame, now, st)
 		}
 	}
+}
+
+// received counts one frame read at now (unix ns).
+func received(frame []byte, now int64, st *stats) {
+	switch string(field(frame, `"type":"`)) {
+	case "sent":
+		st.acked.Add(1)
+		if t, err := strconv.ParseInt(string(field(frame, `"id":"`)), 10, 64); err == nil {
+			st.add(true, time.Duration(now-t))
+		}
+	case "message":
+		st.recv.Add(1)
+		ts, _, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
+		if t, err := strconv.ParseInt(string(ts), 10, 64); err == nil {
+			st.add(false, time.Duration(now-t))
+		}
+	case "error":
+		st.errs.Add(1)
+	}
+}
+
+// cpuTime returns the CPU time (user and system) that process pid has used,
+// from /proc/<pid>/stat.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+	}
+	// The command name, field 2, is in parentheses and may hold spaces;
+	// utime and stime, fields 14 and 15, are the 12th and 13th after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("cpu time of pid %d: unexpected /proc/%d/stat", pid, pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("cpu time of pid %d: unexpected /proc/%d/stat", pid, pid)
+	}
+	utime, uerr := strconv.ParseInt(f[11], 10, 64)
+	stime, serr := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(uerr, serr); err != nil {
+		return 0, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+	}
+	// In clock ticks of USER_HZ, which is 100 on Linux.
+	return time.Duration(utime+stime) * (time.Second / 100), nil
 }
 
 // memoryMetrics are the server's figures that show what a socket costs.

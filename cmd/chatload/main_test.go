@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/chatd/chatd/auth"
 	"github.com/chatd/chatd/chat"
@@ -50,10 +53,25 @@ func server(t *testing.T) string {
 
 func TestLoadReportsWhatItMeasured(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		flag, framing string
+	}{
+		{"-batch=true", "batch framing on 10 of 10 sockets"},
+		{"-batch=false", "batch framing on 0 of 10 sockets"},
+	} {
+		t.Run(tc.flag, func(t *testing.T) {
+			t.Parallel()
+			testLoadReport(t, tc.flag, tc.framing)
+		})
+	}
+}
+
+func testLoadReport(t *testing.T, flag, framing string) {
 	url := server(t)
 	var out bytes.Buffer
+	// The server runs in this process: -pid reports the test's CPU.
 	err := run(t.Context(), []string{"-url", url, "-users", "10", "-rate", "100",
-		"-duration", "1s", "-warmup", "200ms"}, &out, &out)
+		"-duration", "1s", "-warmup", "200ms", "-pid", strconv.Itoa(os.Getpid()), flag}, &out, &out)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
@@ -68,16 +86,73 @@ func TestLoadReportsWhatItMeasured(t *testing.T) {
 	if sent < 50 || errs != 0 || acked < sent*8/10 || delivered < sent*8/10 {
 		t.Fatalf("sent %d acked %d delivered %d errors %d:\n%s", sent, acked, delivered, errs, out.String())
 	}
-	for _, line := range []string{"ack      p50", "delivery p50"} {
+	for _, line := range []string{"ack      p50", "delivery p50", framing} {
 		if !strings.Contains(out.String(), line) {
 			t.Fatalf("report lacks %q:\n%s", line, out.String())
+		}
+	}
+	if !regexp.MustCompile(`server CPU \(pid \d+\) \d+\.\d\d cores, \d+ µs per delivered message`).MatchString(out.String()) {
+		t.Fatalf("report lacks the server's CPU per message:\n%s", out.String())
+	}
+}
+
+// TestReaderCountsFramesNotMessages: with batch framing a message holds
+// several frames; each counts, so that rates and CPU per message are per
+// frame. Without it, a message is one frame.
+func TestReaderCountsFramesNotMessages(t *testing.T) {
+	t.Parallel()
+	now := time.Now().UnixNano()
+	frames := []string{
+		fmt.Sprintf(`{"type":"sent","id":"%d","message":{"text":"x"}}`, now),
+		fmt.Sprintf(`{"type":"message","message":{"text":"%d xx\nyy"}}`, now),
+		`{"type":"error","code":"bad_request","message":"a\nb"}`,
+		fmt.Sprintf(`{"type":"message","message":{"text":"%d zz"}}`, now),
+	}
+	for _, batch := range []bool{true, false} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{batchSubprotocol}})
+			if err != nil {
+				return
+			}
+			defer ws.CloseNow()
+			if ws.Subprotocol() == batchSubprotocol {
+				_ = ws.Write(r.Context(), websocket.MessageText, []byte(strings.Join(frames[:3], "\n")))
+				_ = ws.Write(r.Context(), websocket.MessageText, []byte(frames[3]))
+			} else {
+				for _, f := range frames {
+					_ = ws.Write(r.Context(), websocket.MessageText, []byte(f))
+				}
+			}
+			ws.Close(websocket.StatusNormalClosure, "")
+		}))
+		var opts websocket.DialOptions
+		if batch {
+			opts.Subprotocols = []string{batchSubprotocol}
+		}
+		ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(srv.URL, "http"), &opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &stats{}
+		st.counting.Store(true)
+		reader(t.Context(), ws, st)
+		srv.Close()
+		msgs := int64(4)
+		if batch {
+			msgs = 2
+		}
+		if st.messages.Load() != msgs || st.frames.Load() != 4 || st.acked.Load() != 1 || st.recv.Load() != 2 ||
+			st.errs.Load() != 1 || len(st.ack) != 1 || len(st.delivery) != 2 {
+			t.Errorf("batch %v: %d messages, %d frames, %d acked, %d delivered, %d errors, %d+%d latencies",
+				batch, st.messages.Load(), st.frames.Load(), st.acked.Load(), st.recv.Load(), st.errs.Load(),
+				len(st.ack), len(st.delivery))
 		}
 	}
 }
 
 func TestLoadRejectsBadFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}} {
+	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}, {"-pid", "-1"}} {
 		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
