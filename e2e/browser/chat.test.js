@@ -507,8 +507,8 @@ test("a failed send is retried with the same id and stored once", { timeout: 600
       server.send(msg);
     });
     server.onMessage((msg) => {
-      const f = JSON.parse(msg);
-      if (mode === "dropping" && f.type === "sent" && f.id === lost) {
+      const frames = frameTexts(msg).map((t) => JSON.parse(t));
+      if (mode === "dropping" && frames.some((f) => f.type === "sent" && f.id === lost)) {
         // Stored, but the socket goes before the reply reaches the page.
         mode = "pass";
         ws.close({ code: 1012, reason: "service restart" });
@@ -770,13 +770,23 @@ test("sign in with a token", { timeout: 60000 }, async () => {
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });
 
-/** isReady tells whether a frame's text is the server's "ready". */
+/**
+ * frameTexts splits a message from the server into the texts of its frames: the page offers batch
+ * framing (subprotocol chatd.batch), in which one message may hold several frames separated by "\n".
+ */
+function frameTexts(msg) {
+  return String(msg).split("\n");
+}
+
+/** isReady tells whether a message from the server holds its "ready". */
 function isReady(payload) {
-  try {
-    return JSON.parse(payload).type === "ready";
-  } catch {
-    return false;
-  }
+  return frameTexts(payload).some((text) => {
+    try {
+      return JSON.parse(text).type === "ready";
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** expectSessionExpired waits for the sign-in form to say the session expired, then for no reconnect. */
@@ -1142,11 +1152,14 @@ test("catching up a conversation nobody is looking at leaves it unread", { timeo
   await page.routeWebSocket(/\/ws/, (ws) => {
     const server = ws.connectToServer();
     server.onMessage((msg) => {
-      if (drop && JSON.parse(msg).type === "message") {
+      let texts = frameTexts(msg);
+      const lose = drop ? texts.findIndex((t) => JSON.parse(t).type === "message") : -1;
+      if (lose >= 0) {
         drop = false;
-        return;
+        texts = texts.filter((_, i) => i !== lose);
+        if (texts.length === 0) return;
       }
-      ws.send(msg);
+      ws.send(texts.join("\n"));
     });
   });
   await page.goto(`${base}/#user=341`);
@@ -1184,5 +1197,56 @@ test("catching up a conversation nobody is looking at leaves it unread", { timeo
   await waitFor("the server to count them read", async () => [(await unreadOnServer()) === 0]);
   await closePage(page, "341-desktop");
   await closePage(helper, "342-device");
+  assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
+});
+
+test("the page offers batch framing and reads frames joined in one message", { timeout: 60000 }, async () => {
+  const base = `http://127.0.0.1:${port}`;
+  const helper = await helperPage(base, "362-device");
+  // The server selects chatd.batch for a browser that offers it.
+  const selected = await helper.evaluate(() => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${location.host}/ws?user=363`, ["chatd.batch"]);
+    ws.onopen = () => {
+      resolve(ws.protocol);
+      ws.close(1000);
+    };
+    ws.onerror = () => reject(new Error("socket failed"));
+  }));
+  assert.equal(selected, "chatd.batch", "the server selects batch framing");
+
+  // Stand between the page and the server to hold frames back, then hand them over joined in one
+  // message, as the server does with frames that were queued together.
+  const page = await newPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "361-desktop");
+  let offered = null;
+  let route = null;
+  let hold = false;
+  const held = [];
+  await page.routeWebSocket(/\/ws/, (ws) => {
+    offered = ws.protocols();
+    route = ws;
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      if (hold) held.push(...frameTexts(msg));
+      else ws.send(msg);
+    });
+  });
+  await page.goto(`${base}/#user=361`);
+  await page.locator(tid("new-chat-input")).fill("362");
+  await page.locator(tid("new-chat-input")).press("Enter");
+  await waitFor("the conversation with 362 to load", async () => [/No messages yet/.test(await page.locator(tid("history-note")).textContent())]);
+  assert.deepEqual(offered, ["chatd.batch"], "the page offers batch framing");
+
+  hold = true;
+  await device(helper, "362", [1, 2, 3].map((i) => ({ type: "send", to: "361", text: `Joined ${i}` })));
+  const heldMessages = () => held.filter((t) => JSON.parse(t).type === "message").length;
+  await waitFor("three messages held back", async () => [heldMessages() === 3, held]);
+  hold = false;
+  route.send(held.join("\n"));
+  await waitFor("the three messages, in order", async () => {
+    const m = await messages(page);
+    return [m.map((x) => x.text).join() === "Joined 1,Joined 2,Joined 3", m];
+  });
+  await closePage(page, "361-desktop");
+  await closePage(helper, "362-device");
   assert.deepEqual(problems, [], "no uncaught errors or dialogs in the pages");
 });

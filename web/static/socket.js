@@ -1,4 +1,6 @@
-// A WebSocket to chatd that reconnects by itself and matches replies to requests.
+// A WebSocket to chatd that reconnects by itself and matches replies to requests. It offers batch
+// framing (subprotocol chatd.batch, docs/PROTOCOL.md section 1), so a busy socket gets many frames in
+// one message.
 //
 // Events (all CustomEvent, data in `detail`):
 //   "state"  {state: "connecting" | "open" | "closed", retryAt: ms epoch or 0, attempt}
@@ -15,6 +17,7 @@ const BACKOFF_BASE = 500;      // ms, first reconnect delay (before jitter)
 const BACKOFF_MAX = 30000;     // ms, longest reconnect delay (before jitter)
 const POLICY = 1008;           // close code of a socket the server ended on purpose
 const TOKEN_EXPIRED = "token expired"; // its reason when the token ran out: reconnecting cannot help
+const BATCH = "chatd.batch";   // subprotocol in which a message holds one or more frames, separated by "\n"
 
 /** RequestError is how a failed request rejects: `code` is a protocol error code or "disconnected"/"timeout". */
 export class RequestError extends Error {
@@ -85,7 +88,7 @@ export class Socket extends EventTarget {
     this.setState("connecting");
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new WebSocket(this.url(), [BATCH]);
     } catch (err) {
       this.scheduleReconnect(1006);
       return;
@@ -97,7 +100,16 @@ export class Socket extends EventTarget {
   }
 
   received(ws, data) {
-    if (ws !== this.ws) return;
+    // With batch framing selected, a message holds one or more frames separated by "\n", which no
+    // frame holds raw (JSON escapes it); without it (an older server), a message is one frame.
+    const texts = ws.protocol === BATCH && typeof data === "string" ? data.split("\n") : [data];
+    for (const text of texts) {
+      if (ws !== this.ws) return; // a frame before this one ended the socket
+      this.receivedFrame(ws, text);
+    }
+  }
+
+  receivedFrame(ws, data) {
     let frame;
     try {
       frame = JSON.parse(data);
