@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
 
 // benchText is a message of a typical length.
@@ -27,6 +30,7 @@ func BenchmarkSend(b *testing.B) {
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			b.ReportAllocs()
+			cpu0 := redisCPU(b, f)
 			b.ResetTimer()
 			start := time.Now()
 			for g := range senders {
@@ -45,6 +49,9 @@ func BenchmarkSend(b *testing.B) {
 			elapsed := time.Since(start)
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+			if used := redisCPU(b, f) - cpu0; used > 0 {
+				b.ReportMetric(float64(used.Microseconds())/float64(b.N), "redis-µs/msg")
+			}
 		})
 	}
 }
@@ -140,4 +147,34 @@ func BenchmarkReady(b *testing.B) {
 			}
 		})
 	}
+}
+
+// redisCPU is the CPU time every Redis node has used so far (INFO cpu, all
+// nodes of a cluster together); 0 on miniredis, which shares the test's.
+func redisCPU(b *testing.B, f *fixture) time.Duration {
+	if f.r.Mini != nil {
+		return 0
+	}
+	var mu sync.Mutex
+	var total float64
+	err := redistest.ForEachNode(context.Background(), f.r.Client, func(ctx context.Context, node *redis.Client) error {
+		info, err := node.Info(ctx, "cpu").Result()
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "used_cpu_sys" || k == "used_cpu_user" {
+				sec, _ := strconv.ParseFloat(v, 64)
+				mu.Lock()
+				total += sec
+				mu.Unlock()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatalf("redis cpu: %v", err)
+	}
+	return time.Duration(total * float64(time.Second))
 }
