@@ -16,12 +16,7 @@ import "github.com/redis/go-redis/v9"
 // hash starts from 0 for both users. The one rule (a message's sender has
 // read everything up to it) applies to the elements no chatd script
 // accounted for, as on a single Redis: there, all of them.
-const luaClusterPositions = `
-local maxTail = 1000
--- sender returns a list element's fromid (a JSON string or number).
-local function sender(el)
-  return string.match(el, '"fromid"%s*:%s*"([^"\\]*)"') or string.match(el, '"fromid"%s*:%s*(%d+)')
-end
+const luaClusterPositions = luaTail + `
 -- positions returns the read positions of users a and b in a conversation
 -- (list key list, length n, read hash rk). skip is how many elements were
 -- pushed after those n (the message a send is storing), 0 when nil.
@@ -30,19 +25,7 @@ local function positions(rk, list, n, a, b, skip)
   local len = math.min(tonumber(st[1]) or 0, n)
   local ra = math.min(tonumber(st[2]) or 0, n)
   local rb = math.min(tonumber(st[3]) or 0, n)
-  local k = n - len
-  if k > 0 then
-    skip = skip or 0
-    local items = redis.call('LRANGE', list, skip, skip + math.min(k, maxTail) - 1)
-    for i, el in ipairs(items) do
-      local seq = n - i + 1
-      if seq <= ra and seq <= rb then break end
-      local f = sender(el)
-      if f == a and seq > ra then ra = seq end
-      if f == b and seq > rb then rb = seq end
-    end
-  end
-  return ra, rb
+  return tail(list, n, n - len, skip, a, b, ra, rb)
 end
 `
 

@@ -45,8 +45,7 @@ end
 // Of the elements the rule has to look at, at most maxTail (the newest) are.
 // The first script that writes the hash starts from the positions found, so
 // nothing a user sees jumps.
-const luaPositions = `
-local maxTail = 1000
+const luaPositions = luaTail + `
 -- count parses one of the seed's unread counts; junk counts 0.
 local function count(v)
   local c = tonumber(v)
@@ -55,10 +54,6 @@ local function count(v)
 end
 local function seedCount(key, conv)
   return count(redis.pcall('HGET', key, conv))
-end
--- sender returns a list element's fromid (a JSON string or number).
-local function sender(el)
-  return string.match(el, '"fromid"%s*:%s*"([^"\\]*)"') or string.match(el, '"fromid"%s*:%s*(%d+)')
 end
 -- positions returns the read positions of users a and b in the conversation
 -- conv (list key list, length n, read hash rk; seedA and seedB the users'
@@ -77,16 +72,31 @@ local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
     rb = n - math.min(seedCount(seedB, conv), n)
     k = n - math.min(ra, rb)
   end
-  if k > 0 then
-    skip = skip or 0
-    local items = redis.call('LRANGE', list, skip, skip + math.min(k, maxTail) - 1)
-    for i, el in ipairs(items) do
-      local seq = n - i + 1
-      if seq <= ra and seq <= rb then break end
-      local f = sender(el)
-      if f == a and seq > ra then ra = seq end
-      if f == b and seq > rb then rb = seq end
-    end
+  return tail(list, n, k, skip, a, b, ra, rb)
+end
+`
+
+// luaTail applies the one rule of read positions to the k newest elements
+// of a list of length n that no script accounted for (skip newer ones were
+// pushed after them): the newest each of users a and b sent moves that
+// user's position (ra, rb) to it. Of those elements at most maxTail (the
+// newest) are read. Shared by both layouts' position functions.
+const luaTail = `
+local maxTail = 1000
+-- sender returns a list element's fromid (a JSON string or number).
+local function sender(el)
+  return string.match(el, '"fromid"%s*:%s*"([^"\\]*)"') or string.match(el, '"fromid"%s*:%s*(%d+)')
+end
+local function tail(list, n, k, skip, a, b, ra, rb)
+  if k <= 0 then return ra, rb end
+  skip = skip or 0
+  local items = redis.call('LRANGE', list, skip, skip + math.min(k, maxTail) - 1)
+  for i, el in ipairs(items) do
+    local seq = n - i + 1
+    if seq <= ra and seq <= rb then break end
+    local f = sender(el)
+    if f == a and seq > ra then ra = seq end
+    if f == b and seq > rb then rb = seq end
   end
   return ra, rb
 end
