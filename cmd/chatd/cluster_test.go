@@ -32,6 +32,9 @@ func TestOpenRedisCluster(t *testing.T) {
 		opt.ClientName != "chatd-a" || opt.Password != password {
 		t.Fatalf("cluster options: addrs %q, client name %q", opt.Addrs, opt.ClientName)
 	}
+	if d := cc.Options().ClusterStateReloadInterval; d != time.Second {
+		t.Fatalf("the slot map is reloaded every %v, want every second: a dead master's slots stay unreachable until then", d)
+	}
 	if name != "redis://127.0.0.1:7000,127.0.0.1:7001,127.0.0.2:7002 (cluster)" {
 		t.Fatalf("name for the log = %q", name)
 	}

@@ -43,6 +43,9 @@ var (
 // replica is not ready when no canary came back for 3 intervals.
 const canaryInterval = 2 * time.Second
 
+// clusterReload is how often a Redis Cluster's slot map is read again.
+const clusterReload = time.Second
+
 func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
@@ -361,6 +364,12 @@ func openCluster(u *neturl.URL, client string) (redis.UniversalClient, string, f
 		return nil, "", nil, fmt.Errorf("-redis (or REDIS_URL): not a valid Redis Cluster URL: %w", err)
 	}
 	opt.ClientName = client
+	if opt.ClusterStateReloadInterval == 0 {
+		// go-redis reloads its slot map on MOVED and otherwise every 60 s.
+		// A master that died answers nothing, not MOVED, so after a
+		// failover its slots would be unreachable for up to a minute.
+		opt.ClusterStateReloadInterval = clusterReload
+	}
 	name := u.Scheme + "://" + strings.Join(opt.Addrs, ",") + " (cluster)"
 	return redis.NewClusterClient(opt), name, func() {}, nil
 }
