@@ -35,11 +35,12 @@ import (
 type cluster struct {
 	rdb  *redis.ClusterClient
 	keys clusterKeys
+	dur  durability
 }
 
 // newCluster returns the cluster side of a Store over rdb, or nil when rdb
 // is no Redis Cluster client. It panics on a prefix ValidatePrefix refuses.
-func newCluster(rdb redis.UniversalClient, prefix string) *cluster {
+func newCluster(rdb redis.UniversalClient, prefix string, dur durability) *cluster {
 	c, ok := rdb.(*redis.ClusterClient)
 	if !ok {
 		return nil
@@ -47,7 +48,7 @@ func newCluster(rdb redis.UniversalClient, prefix string) *cluster {
 	if err := ValidatePrefix(rdb, prefix); err != nil {
 		panic(err)
 	}
-	return &cluster{rdb: c, keys: clusterKeys{prefix: prefix}}
+	return &cluster{rdb: c, keys: clusterKeys{prefix: prefix}, dur: dur}
 }
 
 // ValidatePrefix checks a key prefix for the Redis rdb: on a Redis Cluster
@@ -67,27 +68,9 @@ type call struct {
 	args []any
 }
 
-// evalAll runs script once per call in one pipeline, which go-redis splits
-// by node and sends to the nodes at once, and returns the replies in
-// order. A node that has not loaded the script answers NOSCRIPT; those
-// calls run again with EVAL, which loads it.
+// evalAll runs script once per call in one pipeline (see evalAll).
 func (c *cluster) evalAll(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(calls))
-	if len(calls) == 0 {
-		return cmds
-	}
-	_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, cl := range calls {
-			cmds[i] = script.EvalSha(ctx, p, cl.keys, cl.args...)
-		}
-		return nil
-	})
-	for i, cmd := range cmds {
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			cmds[i] = script.Eval(ctx, c.rdb, calls[i].keys, calls[i].args...)
-		}
-	}
-	return cmds
+	return evalAll(ctx, c.rdb, script, calls)
 }
 
 // side is one user's state in a conversation, as the conversation's
@@ -102,7 +85,8 @@ type side struct {
 // the side's state; at, when above 0, puts the conversation in the user's
 // inbox scored at that time (ms) under the ZADD condition cond ("GT" or
 // "NX"). It returns, per side, the replicas that hold live sockets of the
-// user at now (ms; 0 asks for none).
+// user at now (ms; 0 asks for none). With Config.Wait, the calls wait for
+// replicas (see wait.go), and an error may wrap ErrNotReplicated.
 func (c *cluster) touch(ctx context.Context, conv string, n, at int64, cond string, now int64, sides ...side) ([][]string, error) {
 	inbox, route := "", ""
 	if at > 0 {
@@ -120,7 +104,11 @@ func (c *cluster) touch(ctx context.Context, conv string, n, at int64, cond stri
 	}
 	out := make([][]string, len(sides))
 	var first error
-	for i, cmd := range c.evalAll(ctx, clusterUserScript, calls) {
+	eval := c.evalAll
+	if c.dur.replicas > 0 {
+		eval = c.evalWait
+	}
+	for i, cmd := range eval(ctx, clusterUserScript, calls) {
 		names, err := cmd.StringSlice()
 		if err != nil && first == nil {
 			first = fmt.Errorf("user %s: %w", sides[i].user, err)
@@ -213,25 +201,35 @@ func (s *Store) clusterSend(ctx context.Context, req chat.SendRequest, conv stri
 	if req.To == req.From {
 		sides = sides[:1]
 	}
-	s.clusterAfterSend(ctx, msg, req.Origin, n, sides)
+	if err := s.clusterAfterSend(ctx, msg, req.Origin, n, sides); err != nil {
+		return chat.Message{}, false, fmt.Errorf("send %s: stored as #%d, but: %w", conv, seq, err)
+	}
 	return msg, stored != 1, nil
 }
 
 // clusterAfterSend runs steps 2 and 3 of clusterSend for the stored
 // message m. Failures are logged, not returned: the message is stored, and
 // a retry with a new client id would store it twice. The caller's
-// cancellation does not stop them either.
-func (s *Store) clusterAfterSend(ctx context.Context, m chat.Message, origin string, n int64, sides []side) {
+// cancellation does not stop them either. With Config.Wait, step 2 waits
+// for replicas too, and its failure is returned (after step 3 for the
+// users it reached): a send is answered once its inbox entries and unread
+// hints would survive a failover as well, and the client's retry (same
+// id) runs steps 2 and 3 again.
+func (s *Store) clusterAfterSend(ctx context.Context, m chat.Message, origin string, n int64, sides []side) error {
 	ctx = context.WithoutCancel(ctx)
 	at := int64(math.Floor(m.Time * 1000))
 	replicas, err := s.cl.touch(ctx, m.Conv, n, at, "GT", s.now().UnixMilli(), sides...)
-	if err != nil {
+	if err != nil && s.dur.replicas == 0 {
 		s.log.Warn("message stored, but its inbox entries and unread hints may lag until the next send in the conversation",
 			"conv", m.Conv, "seq", m.Seq, "err", err)
 	}
 	if err := s.cl.publish(ctx, s.cl.to(messageDelivery(m, origin), replicas...)); err != nil {
 		s.log.Warn("message stored, but live delivery failed", "conv", m.Conv, "seq", m.Seq, "err", err)
 	}
+	if s.dur.replicas > 0 && err != nil {
+		return fmt.Errorf("inbox entries and unread hints: %w", err)
+	}
+	return nil
 }
 
 // messageDelivery renders the delivery payload of the stored message m
@@ -260,15 +258,22 @@ func (s *Store) clusterHistory(ctx context.Context, user, peer, conv string, bef
 // script (the read's commit point), then brings both users' inbox entries
 // and unread hints up to date and learns where their sockets are, in one
 // pipeline, then sends the receipt to both users' replicas and the new
-// count to the reader's.
+// count to the reader's. With Config.Wait, the first two wait for
+// replicas (wait.go) and the frames go out after them.
 func (s *Store) clusterMarkRead(ctx context.Context, user, peer string, seq int64, origin, conv string) (chat.ReadState, error) {
-	res, err := clusterReadScript.Run(ctx, s.rdb, []string{s.cl.keys.read(conv), s.cl.keys.conv(conv)},
-		user, peer, seq).Slice()
-	if err != nil {
-		return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
+	keys, args := []string{s.cl.keys.read(conv), s.cl.keys.conv(conv)}, []any{user, peer, seq}
+	var cmd *redis.Cmd
+	if s.dur.replicas > 0 {
+		cmd = s.cl.evalWait(context.WithoutCancel(ctx), clusterReadScript, []call{{keys, args}})[0]
+	} else {
+		cmd = clusterReadScript.Run(ctx, s.rdb, keys, args...)
 	}
+	res, _ := cmd.Val().([]any)
 	if len(res) != 4 {
-		return chat.ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, res)
+		if err := cmd.Err(); err != nil {
+			return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
+		}
+		return chat.ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, cmd.Val())
 	}
 	n, _ := res[0].(int64)
 	r, _ := res[1].(int64)
@@ -276,7 +281,10 @@ func (s *Store) clusterMarkRead(ctx context.Context, user, peer string, seq int6
 	last, _ := res[3].(string)
 	st := chat.ReadState{Last: n, Read: r, Unread: n - r}
 	if n == 0 {
-		return st, nil
+		return st, nil // nothing written: nothing to wait for
+	}
+	if err := cmd.Err(); err != nil {
+		return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
 	}
 
 	ctx = context.WithoutCancel(ctx)
@@ -292,9 +300,9 @@ func (s *Store) clusterMarkRead(ctx context.Context, user, peer string, seq int6
 	if user == peer {
 		sides = sides[:1]
 	}
-	replicas, err := s.cl.touch(ctx, conv, n, at, "NX", now, sides...)
-	if err != nil {
-		s.log.Warn("read stored, but inbox entries and unread hints may lag", "conv", conv, "user", user, "err", err)
+	replicas, touchErr := s.cl.touch(ctx, conv, n, at, "NX", now, sides...)
+	if touchErr != nil && s.dur.replicas == 0 {
+		s.log.Warn("read stored, but inbox entries and unread hints may lag", "conv", conv, "user", user, "err", touchErr)
 	}
 	receipt := appendHead(nil, chat.KindReceipt, origin, []string{peer, user}, 0)
 	receipt = appendFields(receipt, user, peer, strconv.FormatInt(r, 10))
@@ -306,6 +314,10 @@ func (s *Store) clusterMarkRead(ctx context.Context, user, peer string, seq int6
 	}
 	if err := s.cl.publish(ctx, pubs); err != nil {
 		s.log.Warn("read stored, but its receipt was not delivered", "conv", conv, "user", user, "err", err)
+	}
+	if s.dur.replicas > 0 && touchErr != nil {
+		// As for a send (clusterAfterSend): the client's retry repairs it.
+		return chat.ReadState{}, fmt.Errorf("read %s: stored, but inbox entries and unread hints: %w", conv, touchErr)
 	}
 	return st, nil
 }

@@ -1,5 +1,7 @@
 package store
 
+import "strings"
+
 // keys builds every Redis key and channel name chatd uses. The seed's keys
 // (conversation lists and unread hashes) have no ':'; every key chatd adds
 // starts with "chat:" so it can never collide with them.
@@ -48,6 +50,10 @@ func (k keys) replicaChannel(replica string) string { return k.replicaChannelPre
 
 // presenceChannel carries online/offline changes to every replica.
 func (k keys) presenceChannel() string { return k.prefix + "chat:presence-events" }
+
+// fence is the string a write that waits for replicas sets just before its
+// WAIT (see wait.go); it expires at once.
+func (k keys) fence() string { return k.prefix + "chat:fence" }
 
 // clusterKeys builds the keys of the Redis Cluster layout (PROTOCOL.md,
 // section 4, "Redis Cluster layout"). Each key holds a hash tag, so that
@@ -99,3 +105,12 @@ func (k clusterKeys) replicaChannel(replica string) string { return keys(k).repl
 // presenceChannel is the shard channel that carries online/offline changes
 // to every replica, named as on a single Redis.
 func (k clusterKeys) presenceChannel() string { return keys(k).presenceChannel() }
+
+// fence is the string a write that waits for replicas sets just before its
+// WAIT (see wait.go), in the slot of key, a key of this layout: the same
+// hash tag with ":fence" after it ("{43-23}:fence", "{43}:fence").
+func (k clusterKeys) fence(key string) string {
+	open := strings.IndexByte(key, '{')
+	end := strings.IndexByte(key[open+1:], '}')
+	return key[:open+1+end+1] + ":fence"
+}

@@ -19,10 +19,13 @@ var ErrClosed = errors.New("store: closed")
 //
 // One goroutine, started by the first send and stopped by close, runs the
 // pipelines; the queue is bounded (a caller waits for room, or for its
-// context).
+// context). With Config.Wait, a pipeline ends with one fence and one WAIT
+// for all its sends (see wait.go), so waiting for replicas costs a batch,
+// not each send, one replica round trip.
 type batcher struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
+	wait   func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd // nil: no WAIT
 
 	start   sync.Once
 	calls   chan *batchCall
@@ -47,8 +50,11 @@ const (
 	queueLen = 4 * maxBatch
 )
 
-func newBatcher(rdb redis.UniversalClient, script *redis.Script) *batcher {
-	return &batcher{rdb: rdb, script: script, calls: make(chan *batchCall, queueLen),
+// newBatcher returns a batcher of script calls on rdb; wait, when not nil,
+// runs a batch instead, and has replicas acknowledge it (Store.evalWait).
+func newBatcher(rdb redis.UniversalClient, script *redis.Script,
+	wait func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd) *batcher {
+	return &batcher{rdb: rdb, script: script, wait: wait, calls: make(chan *batchCall, queueLen),
 		quit: make(chan struct{}), stopped: make(chan struct{})}
 }
 
@@ -113,6 +119,17 @@ func (b *batcher) close() {
 }
 
 func (b *batcher) exec(batch []*batchCall) {
+	if b.wait != nil {
+		calls := make([]call, len(batch))
+		for i, c := range batch {
+			calls[i] = call{keys: c.keys, args: c.args}
+		}
+		for i, cmd := range b.wait(context.WithoutCancel(batch[0].ctx), b.script, calls) {
+			batch[i].res, batch[i].err = cmd.Val(), cmd.Err()
+			close(batch[i].done)
+		}
+		return
+	}
 	if len(batch) == 1 {
 		c := batch[0]
 		c.res, c.err = b.script.Run(c.ctx, b.rdb, c.keys, c.args...).Result()

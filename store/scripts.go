@@ -111,7 +111,9 @@ end
 // ARGV: 1 seed-format element, 2 conversation name, 3 now (ms),
 // 4 idempotency TTL (ms), 5 replica channel prefix, 6 delivery payload
 // head (up to the seq), 7 its tail (after the seq), 8 key prefix,
-// 9 sender, 10 recipient. (Payloads: see appendHead in pubsub.go.)
+// 9 sender, 10 recipient, 11 "1" to publish nothing (the caller delivers
+// the message once replicas have acknowledged it, see wait.go), "" to
+// publish. (Payloads: see appendHead in pubsub.go.)
 //
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
@@ -145,7 +147,7 @@ route(set, KEYS[7], now)
 redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. seq, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7])
+if ARGV[11] ~= '1' then publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7]) end
 return {1, seq}
 `)
 
@@ -187,7 +189,9 @@ return {n, top, n - r, r, rp, items}
 // ARGV: 1 conversation name, 2 now (ms), 3 replica channel prefix,
 // 4 receipt payload head (up to the seq), 5 its tail, 6 reader, 7 peer,
 // 8 seq to read up to (0: the newest), 9 unread payload head (up to the
-// read position), 10 its middle (up to the count), 11 its tail.
+// read position), 10 its middle (up to the count), 11 its tail, 12 "1" to
+// publish nothing (the caller sends the frames once replicas have
+// acknowledged the read, see wait.go), "" to publish.
 //
 // Returns {length, read position, unread}.
 var readScript = redis.NewScript(luaRoute + luaPositions + `
@@ -219,6 +223,7 @@ else
   redis.call('HSET', KEYS[5], ARGV[1], r .. ' ' .. n)
 end
 if me ~= peer and rp < n then redis.call('HSET', KEYS[6], ARGV[1], rp .. ' ' .. n) end
+if ARGV[12] == '1' then return {n, r, unread} end
 local now = tonumber(ARGV[2])
 local mine = {}
 route(mine, KEYS[8], now)

@@ -25,6 +25,10 @@
 // subscribes per user, and a user who connects while a message is sent
 // either is found online (and is published to) or is counted unread.
 //
+// With Config.Wait, a send or a read returns only once that many Redis
+// replicas have acknowledged it (WAIT, on the connection that wrote it),
+// and is published only then, by a call of its own (wait.go).
+//
 // On a Redis Cluster (a *redis.ClusterClient) the Store keeps another
 // layout, whose keys carry hash tags, and a send or a read is a few calls,
 // one per slot, instead of one script (cluster.go, PROTOCOL.md section 4,
@@ -40,6 +44,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/chatd/chatd/chat"
@@ -60,6 +65,17 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives warnings about malformed data. Defaults to slog.Default().
 	Logger *slog.Logger
+	// Wait is how many Redis replicas must acknowledge a write (Redis
+	// WAIT) before Send and MarkRead return it: a message or a read they
+	// return then survives the loss of the master (see wait.go). With
+	// fewer within WaitTimeout they return an error wrapping
+	// ErrNotReplicated, and nothing is published about the write. 0, the
+	// default, waits for none, and costs nothing. Check it with
+	// ValidateWait.
+	Wait int
+	// WaitTimeout is how long a write waits for Wait replicas. Defaults to
+	// DefaultWaitTimeout (500 ms).
+	WaitTimeout time.Duration
 }
 
 // Store is chatd's Redis data layer. It is safe for concurrent use.
@@ -71,6 +87,7 @@ type Store struct {
 	log    *slog.Logger
 	sends  *batcher
 	cl     *cluster // nil on a single Redis
+	dur    durability
 }
 
 // New returns a Store over rdb. It does not touch Redis. When rdb is a
@@ -87,20 +104,30 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = DefaultWaitTimeout
+	}
+	dur := durability{replicas: max(cfg.Wait, 0), timeout: cfg.WaitTimeout}
 	send := sendScript
-	cl := newCluster(rdb, cfg.Prefix)
+	cl := newCluster(rdb, cfg.Prefix, dur)
 	if cl != nil {
 		send = clusterSendScript
 	}
-	return &Store{
+	s := &Store{
 		rdb:    rdb,
 		keys:   keys{prefix: cfg.Prefix},
 		idemMS: cfg.IdempotencyTTL.Milliseconds(),
 		now:    cfg.Now,
 		log:    cfg.Logger,
-		sends:  newBatcher(rdb, send),
 		cl:     cl,
+		dur:    dur,
 	}
+	var wait func(context.Context, *redis.Script, []call) []*redis.Cmd
+	if dur.replicas > 0 {
+		wait = s.evalWait
+	}
+	s.sends = newBatcher(rdb, send, wait)
+	return s
 }
 
 // Close stops the goroutine that pipelines sends, after the pipeline in
@@ -122,6 +149,10 @@ func (s *Store) Ping(ctx context.Context) error {
 // live connection, records the idempotency key, updates both inboxes and
 // publishes the message to the replicas of both users, in one atomic step. A repeated (sender, client id) returns the first message with
 // dup true and writes nothing.
+//
+// With Config.Wait, the message is published only once replicas have
+// acknowledged it, by a call of its own, and a repeated send publishes it
+// again (the first may have failed to wait, and published nothing).
 //
 // On a Redis Cluster (see clusterSend) there is no seed hash, a client id
 // is remembered per conversation, and the message is stored, then indexed
@@ -146,6 +177,10 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 		return s.clusterSend(ctx, req, conv, ts, tsText)
 	}
 	head, tail := messagePayload(conv, req, now, tsText)
+	later := ""
+	if s.dur.replicas > 0 {
+		later = "1" // publish once replicas have it: deliver, below
+	}
 	reply, err := s.sends.run(ctx,
 		[]string{
 			s.keys.conv(conv), s.keys.unread(req.To), s.keys.idem(req.From, req.ClientID),
@@ -155,7 +190,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 			s.keys.unreadIndex(req.To), s.keys.unreadIndex(req.From),
 		},
 		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
-		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To,
+		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To, later,
 	)
 	if err != nil {
 		return chat.Message{}, false, fmt.Errorf("send %s: %w", conv, err)
@@ -166,7 +201,11 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 	}
 	if len(res) == 2 {
 		seq, _ := res[1].(int64)
-		return chat.Message{Conv: conv, Seq: seq, From: req.From, To: req.To, Text: req.Text, Time: ts}, false, nil
+		msg = chat.Message{Conv: conv, Seq: seq, From: req.From, To: req.To, Text: req.Text, Time: ts}
+		if later != "" {
+			s.deliver(ctx, append(strconv.AppendInt(head, seq, 10), tail...), msg.To, msg.From)
+		}
+		return msg, false, nil
 	}
 	if len(res) != 4 {
 		return chat.Message{}, false, fmt.Errorf("send %s: unexpected reply %v", conv, res)
@@ -178,7 +217,44 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 	if err != nil {
 		return chat.Message{}, false, fmt.Errorf("send %s: earlier message %s #%d: %w", conv, prevConv, seq, err)
 	}
+	if later != "" {
+		s.deliver(ctx, messageDelivery(msg, req.Origin), msg.To, msg.From)
+	}
 	return msg, true, nil
+}
+
+// deliver publishes a message's payload, after its send has waited for
+// replicas, to the replicas that hold live sockets of its users. A failure
+// is logged: the message is stored, and the sockets catch up by seq.
+func (s *Store) deliver(ctx context.Context, payload []byte, users ...string) {
+	if err := s.route(context.WithoutCancel(ctx), route{users, payload}); err != nil {
+		s.log.Warn("message stored, but live delivery failed", "users", users, "err", err)
+	}
+}
+
+// route is one payload for the replicas of some users.
+type route struct {
+	users   []string
+	payload []byte
+}
+
+// route publishes each payload with routeScript, pipelined.
+func (s *Store) route(ctx context.Context, routes ...route) error {
+	now := s.now().UnixMilli()
+	calls := make([]call, len(routes))
+	for i, r := range routes {
+		keys := make([]string, len(r.users))
+		for j, u := range r.users {
+			keys[j] = s.keys.presence(u)
+		}
+		calls[i] = call{keys: keys, args: []any{now, s.keys.replicaChannelPrefix(), r.payload}}
+	}
+	for _, cmd := range evalAll(ctx, s.rdb, routeScript, calls) {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func validatePair(a, b string) error {
@@ -277,21 +353,49 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 	badge = appendFields(badge, peer)
 	badge = append(badge, '\t')
 	now := s.now().UnixMilli()
-	res, err := readScript.Run(ctx, s.rdb,
-		[]string{
-			s.keys.read(conv), s.keys.conv(conv), s.keys.unread(user), s.keys.unread(peer),
-			s.keys.unreadIndex(user), s.keys.unreadIndex(peer), s.keys.presence(peer), s.keys.presence(user),
-			s.keys.inbox(user), s.keys.inbox(peer),
-		},
-		conv, now, s.keys.replicaChannelPrefix(), receipt, "", user, peer, seq,
-		badge, "\t", "").Int64Slice()
-	if err != nil {
+	keys := []string{
+		s.keys.read(conv), s.keys.conv(conv), s.keys.unread(user), s.keys.unread(peer),
+		s.keys.unreadIndex(user), s.keys.unreadIndex(peer), s.keys.presence(peer), s.keys.presence(user),
+		s.keys.inbox(user), s.keys.inbox(peer),
+	}
+	args := []any{conv, now, s.keys.replicaChannelPrefix(), receipt, "", user, peer, seq, badge, "\t", ""}
+	if s.dur.replicas == 0 {
+		res, err := readScript.Run(ctx, s.rdb, keys, append(args, "")...).Int64Slice()
+		if err != nil {
+			return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
+		}
+		if len(res) != 3 {
+			return chat.ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, res)
+		}
+		return chat.ReadState{Last: res[0], Read: res[1], Unread: res[2]}, nil
+	}
+	// Waiting for replicas: the frames go out once they have the read.
+	cmd := s.evalWait(context.WithoutCancel(ctx), readScript, []call{{keys, append(args, "1")}})[0]
+	res, _ := cmd.Val().([]any)
+	if len(res) != 3 {
+		if err := cmd.Err(); err != nil {
+			return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
+		}
+		return chat.ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, cmd.Val())
+	}
+	var st chat.ReadState
+	st.Last, _ = res[0].(int64)
+	st.Read, _ = res[1].(int64)
+	st.Unread, _ = res[2].(int64)
+	if st.Last == 0 {
+		return st, nil // nothing written: nothing to wait for, nothing to tell
+	}
+	if err := cmd.Err(); err != nil {
 		return chat.ReadState{}, fmt.Errorf("read %s: %w", conv, err)
 	}
-	if len(res) != 3 {
-		return chat.ReadState{}, fmt.Errorf("read %s: unexpected reply %v", conv, res)
+	r, unread := strconv.FormatInt(st.Read, 10), strconv.FormatInt(st.Unread, 10)
+	if err := s.route(context.WithoutCancel(ctx),
+		route{[]string{peer, user}, append(receipt, r...)},
+		route{[]string{user}, append(append(append(badge, r...), '\t'), unread...)},
+	); err != nil {
+		s.log.Warn("read stored, but its receipt was not delivered", "conv", conv, "user", user, "err", err)
 	}
-	return chat.ReadState{Last: res[0], Read: res[1], Unread: res[2]}, nil
+	return st, nil
 }
 
 // Unread returns user's unread counts by peer, only those above 0: per
