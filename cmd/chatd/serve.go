@@ -98,11 +98,14 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	if err := store.ValidatePrefix(rdb, cfg.prefix); err != nil {
 		return fmt.Errorf("-prefix (or CHAT_PREFIX): %w", err)
 	}
+	if err := store.ValidateWait(rdb, cfg.redisWait, cfg.waitTimeout); err != nil {
+		return fmt.Errorf("-redis-wait-timeout (or CHAT_REDIS_WAIT_TIMEOUT): %w", err)
+	}
 	rdb.AddHook(store.LatencyHook(func(cmd string, d time.Duration) {
 		metrics.RedisLatency.WithLabelValues(cmd).Observe(d.Seconds())
 	}))
 
-	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log})
+	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log, Wait: cfg.redisWait, WaitTimeout: cfg.waitTimeout})
 	defer st.Close()
 	var h *hub.Hub // the tracker's lapses go to the hub, which needs the tracker
 	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL,
@@ -138,7 +141,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		mode = "dev (?user=, no authentication)"
 	}
 	log.Info("chatd starting", "version", version, "addr", ln.Addr().String(), "redis", redisName,
-		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix, "metrics", metricsAt)
+		"replica", cfg.replica, "auth", mode, "prefix", cfg.prefix, "metrics", metricsAt,
+		"redis_wait", cfg.redisWait)
 	if verifier.Dev() && !loopback(cfg.addr) {
 		log.Warn("DEV MODE ON A PUBLIC ADDRESS: anyone who can reach " + ln.Addr().String() + " can read and send as any user")
 	}
@@ -169,6 +173,20 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	case <-ctx.Done():
 		ln.Close()
 		return nil
+	}
+	if cfg.redisWait > 0 {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		short, err := st.CheckReplicas(cctx)
+		cancel()
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("-redis-wait: %w", err)
+		}
+		if len(short) > 0 {
+			// Not fatal: replicas come and go, and reads work meanwhile.
+			log.Warn("fewer Redis replicas than -redis-wait: sends and reads answer unavailable until they are back",
+				"redis_wait", cfg.redisWait, "masters", short)
+		}
 	}
 
 	mux := http.NewServeMux()
