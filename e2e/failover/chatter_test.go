@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,6 +14,9 @@ import (
 type world struct {
 	lb       string        // ws://127.0.0.1:port of the balancer
 	stopChat chan struct{} // closed: start no new message to the partner
+	// backAfter, when set (unix ns), has each chatter note when a message
+	// stored after it first arrives live (chatter.liveBack).
+	backAfter atomic.Int64
 }
 
 // outgoing is a message being sent; it keeps its id over every retry.
@@ -43,10 +47,11 @@ type chatter struct {
 	contig     map[string]int64          // conv -> highest seq up to which every message is known
 	known      map[string]map[int64]bool // conv -> seqs known (own acked and received)
 	got        map[string]map[int64]string
-	gotLive    int // distinct messages first seen live
-	gotHistory int // distinct messages first seen in history
-	dupFrames  int // a (conv, seq) seen again, in a history page overlapping live delivery
-	dupLive    int // a (conv, seq) delivered live twice
+	gotLive    int       // distinct messages first seen live
+	gotHistory int       // distinct messages first seen in history
+	dupFrames  int       // a (conv, seq) seen again, in a history page overlapping live delivery
+	dupLive    int       // a (conv, seq) delivered live twice
+	liveBack   time.Time // first live arrival of a message stored after w.backAfter
 	liveSeen   map[convSeq]bool
 	sent       []*outgoing
 	acked      map[string]message // client id -> stored message from `sent`
@@ -118,6 +123,9 @@ func (c *chatter) receive(m message, live bool) {
 			c.dupLive++
 		}
 		c.liveSeen[k] = true
+		if at := c.w.backAfter.Load(); at != 0 && c.liveBack.IsZero() && m.Time*1e9 > float64(at) {
+			c.liveBack = time.Now()
+		}
 	}
 	if prev, ok := g[m.Seq]; ok {
 		c.dupFrames++

@@ -46,7 +46,7 @@ type element struct {
 // readConv reads the list key (newest at the head) and numbers its elements
 // from the oldest, as `seq` does. Ids written as strings where the seed
 // writes numbers are reported in bad.
-func readConv(ctx context.Context, rdb *redis.Client, key string) (els []element, bad []string, err error) {
+func readConv(ctx context.Context, rdb redis.Cmdable, key string) (els []element, bad []string, err error) {
 	vals, err := rdb.LRange(ctx, key, 0, -1).Result()
 	if err != nil {
 		return nil, nil, fmt.Errorf("LRANGE %s: %w", key, err)
