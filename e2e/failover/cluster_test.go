@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -501,6 +502,15 @@ func startCluster(ctx context.Context, t *testing.T, root, dir string) *cluster 
 		var err error
 		if from, err = strconv.Atoi(v); err != nil {
 			t.Fatalf("CHATD_E2E_CLUSTER_PORT=%q: %v", v, err)
+		}
+	}
+	// .ci/redis-cluster would take over a healthy cluster on these ports,
+	// data and all: one left behind, or another run's.
+	for p := from; p < from+6; p++ {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second); err == nil {
+			c.Close()
+			t.Fatalf("127.0.0.1:%d is in use: stop what runs on %d-%d (a cluster left behind: CLUSTER_PORTS_FROM=%d .ci/redis-cluster stop), or set CHATD_E2E_CLUSTER_PORT",
+				p, from, from+5, from)
 		}
 	}
 	cl := &cluster{root: root, dir: dir, from: from}
