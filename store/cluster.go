@@ -208,26 +208,25 @@ func (s *Store) clusterSend(ctx context.Context, req chat.SendRequest, conv stri
 }
 
 // clusterAfterSend runs steps 2 and 3 of clusterSend for the stored
-// message m. Failures are logged, not returned: the message is stored, and
-// a retry with a new client id would store it twice. The caller's
-// cancellation does not stop them either. With Config.Wait, step 2 waits
-// for replicas too, and its failure is returned (after step 3 for the
-// users it reached): a send is answered once its inbox entries and unread
-// hints would survive a failover as well, and the client's retry (same
-// id) runs steps 2 and 3 again.
+// message m, and returns the failure of either: the send is then answered
+// unavailable although the message is stored, and the client's retry with
+// the same id (what the protocol asks of it) finds the message and runs
+// steps 2 and 3 again. So a `sent` always means the message is in the
+// inboxes and was handed to pub/sub for the replicas of both users, as on
+// a single Redis, where all of it is one script. Step 3 goes to the
+// replicas step 2 reached even when it failed for the other user. The
+// caller's cancellation does not stop them. With Config.Wait, step 2 also
+// waits for replicas.
 func (s *Store) clusterAfterSend(ctx context.Context, m chat.Message, origin string, n int64, sides []side) error {
 	ctx = context.WithoutCancel(ctx)
 	at := int64(math.Floor(m.Time * 1000))
-	replicas, err := s.cl.touch(ctx, m.Conv, n, at, "GT", s.now().UnixMilli(), sides...)
-	if err != nil && s.dur.replicas == 0 {
-		s.log.Warn("message stored, but its inbox entries and unread hints may lag until the next send in the conversation",
-			"conv", m.Conv, "seq", m.Seq, "err", err)
-	}
-	if err := s.cl.publish(ctx, s.cl.to(messageDelivery(m, origin), replicas...)); err != nil {
-		s.log.Warn("message stored, but live delivery failed", "conv", m.Conv, "seq", m.Seq, "err", err)
-	}
-	if s.dur.replicas > 0 && err != nil {
-		return fmt.Errorf("inbox entries and unread hints: %w", err)
+	replicas, terr := s.cl.touch(ctx, m.Conv, n, at, "GT", s.now().UnixMilli(), sides...)
+	perr := s.cl.publish(ctx, s.cl.to(messageDelivery(m, origin), replicas...))
+	switch {
+	case terr != nil:
+		return fmt.Errorf("inbox entries and unread hints: %w", terr)
+	case perr != nil:
+		return fmt.Errorf("live delivery: %w", perr)
 	}
 	return nil
 }
