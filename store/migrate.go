@@ -377,7 +377,7 @@ func (m *migration) scan(ctx context.Context, batches chan<- []string) error {
 const (
 	kindConv     = iota // a conversation list's name
 	kindSeedHash        // a user id: the seed's unread hash
-	kindChatd           // chatd's read hashes, inbox and unread indexes: read with the conversations
+	kindChatd           // chatd's read hashes, inbox and unread indexes (read with the conversations), its fence
 	kindIdem            // idempotency records
 	kindPresence        // presence sets and their index
 	kindOther
@@ -388,7 +388,8 @@ const (
 func keyKind(name string) int {
 	if rest, ok := strings.CutPrefix(name, "chat:"); ok {
 		switch {
-		case strings.HasPrefix(rest, "read:"), strings.HasPrefix(rest, "inbox:"), strings.HasPrefix(rest, "unread:"):
+		case strings.HasPrefix(rest, "read:"), strings.HasPrefix(rest, "inbox:"), strings.HasPrefix(rest, "unread:"),
+			rest == "fence": // a write's marker for WAIT, gone at once
 			return kindChatd
 		case strings.HasPrefix(rest, "idem:"):
 			return kindIdem

@@ -557,7 +557,7 @@ func TestMigrateKeyKinds(t *testing.T) {
 		{"23-43", kindOther}, {"9-10", kindOther}, {"alice-bob", kindOther}, {"a-b-c", kindOther}, {"-23", kindOther},
 		{"43-", kindOther}, {"4 3-23", kindOther}, {"", kindOther}, {"hello world", kindOther},
 		{"23", kindSeedHash}, {"alice", kindSeedHash},
-		{"chat:read:43-23", kindChatd}, {"chat:inbox:23", kindChatd}, {"chat:unread:23", kindChatd},
+		{"chat:read:43-23", kindChatd}, {"chat:fence", kindChatd}, {"chat:inbox:23", kindChatd}, {"chat:unread:23", kindChatd},
 		{"chat:idem:23:c1", kindIdem}, {"chat:presence:23", kindPresence}, {"chat:presence-index", kindPresence},
 		{"chat:other", kindOther},
 	} {
