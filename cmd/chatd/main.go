@@ -4,6 +4,8 @@
 //
 //	chatd [flags]            serve (chatd -h lists the flags)
 //	chatd token -user 23     print a token for a client (needs the secret)
+//	chatd migrate -from URL -to URL
+//	                         copy a single Redis's data into a Redis Cluster
 //	chatd health             exit 0 when a local replica is ready
 //	chatd version            print the version
 package main
@@ -46,6 +48,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		switch args[0] {
 		case "token":
 			return runToken(args[1:], getenv, stdout, stderr)
+		case "migrate":
+			return runMigrate(ctx, args[1:], getenv, stdout, stderr)
 		case "health":
 			return runHealth(ctx, args[1:], stdout, stderr)
 		case "version":

@@ -4,7 +4,8 @@
 // redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002), with a
 // key prefix of the test's own that is deleted when the test ends. The
 // same tests run in all three modes; REDIS_CLUSTER_URL wins when both URLs
-// are set.
+// are set. A test that needs a single Redis beside the cluster (the source
+// of a migration to it) asks NewSingle for one.
 package redistest
 
 import (
@@ -69,6 +70,15 @@ func New(t testing.TB) *Redis {
 		})
 		return &Redis{Client: c, Prefix: prefix, URL: url}
 	}
+	return NewSingle(t)
+}
+
+// NewSingle returns a single Redis for t, cleaned up when t ends: the real
+// Redis named by REDIS_URL, or an in-process miniredis, whether or not
+// REDIS_CLUSTER_URL is set.
+func NewSingle(t testing.TB) *Redis {
+	t.Helper()
+	prefix := "chatdtest:" + randomHex(6) + ":"
 	if url := os.Getenv("REDIS_URL"); url != "" {
 		opt, err := redis.ParseURL(url)
 		if err != nil {
