@@ -134,7 +134,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	fs.StringVar(&c.logLevel, "log-level", env("CHAT_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env CHAT_LOG_LEVEL)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "chatd %s: a real-time chat server on Redis.\n\nUsage:\n  chatd [flags]                 serve\n  chatd token -user ID [-ttl D] print a client token (uses -secret or CHAT_SECRET)\n  chatd health [-url URL]       exit 0 when the local replica is ready\n  chatd version                 print the version\n\nFlags:\n", version)
+		fmt.Fprintf(fs.Output(), "chatd %s: a real-time chat server on Redis.\n\nUsage:\n  chatd [flags]                 serve\n  chatd token -user ID [-ttl D] print a client token (uses -secret or CHAT_SECRET)\n  chatd health [-url URL]       exit 0 when the local replica is ready\n  chatd migrate -from URL -to URL  copy a single Redis into a Redis Cluster (chatd stopped)\n  chatd version                 print the version\n\nFlags:\n", version)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
