@@ -422,28 +422,6 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-// evalOn runs script once per call in one pipeline on rdb (go-redis splits
-// a cluster's by node) and returns the replies in order. Calls a node
-// answers NOSCRIPT run again with EVAL, which loads the script.
-func evalOn(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []call) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(calls))
-	if len(calls) == 0 {
-		return cmds
-	}
-	_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, cl := range calls {
-			cmds[i] = script.EvalSha(ctx, p, cl.keys, cl.args...)
-		}
-		return nil
-	})
-	for i, cmd := range cmds {
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			cmds[i] = script.Eval(ctx, rdb, calls[i].keys, calls[i].args...)
-		}
-	}
-	return cmds
-}
-
 // Outcomes of one conversation.
 type outcome int
 
@@ -494,7 +472,7 @@ func (m *migration) readSource(ctx context.Context, convs []string, page int64) 
 	}
 	out := make([]sourceConv, len(convs))
 	errs := make([]error, len(convs))
-	for i, cmd := range evalOn(ctx, m.cfg.Source, migrateSourceScript, calls) {
+	for i, cmd := range evalAll(ctx, m.cfg.Source, migrateSourceScript, calls) {
 		res, err := cmd.Slice()
 		if err == nil {
 			out[i], err = sourceState(res)
@@ -744,7 +722,7 @@ func (m *migration) batch(ctx context.Context, convs []string) {
 		}
 	}
 	failed := make([]bool, len(jobs))
-	for k, cmd := range evalOn(ctx, m.cfg.Target, migratePushScript, pushes) {
+	for k, cmd := range evalAll(ctx, m.cfg.Target, migratePushScript, pushes) {
 		i := pushing[k]
 		switch err := pushed(cmd); {
 		case errors.Is(err, errRaced):
@@ -771,7 +749,7 @@ func (m *migration) batch(ctx context.Context, convs []string) {
 			}
 		}
 	}
-	for k, cmd := range evalOn(ctx, m.cfg.Target, clusterUserScript, users) {
+	for k, cmd := range evalAll(ctx, m.cfg.Target, clusterUserScript, users) {
 		if err := cmd.Err(); err != nil && !failed[owner[k]] {
 			failed[owner[k]] = true
 			m.finish(jobs[owner[k]].src.conv, jobs[owner[k]].r, fmt.Errorf("user side: %w", err))
@@ -973,7 +951,7 @@ func (m *migration) copy(ctx context.Context, conv string) (convResult, error) {
 	if m.cfg.DryRun {
 		return r, nil
 	}
-	for _, cmd := range evalOn(ctx, m.cfg.Target, clusterUserScript, users) {
+	for _, cmd := range evalAll(ctx, m.cfg.Target, clusterUserScript, users) {
 		if err := cmd.Err(); err != nil {
 			return r, fmt.Errorf("user side: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -524,4 +525,55 @@ func kind(err error) string {
 		return "dropped"
 	}
 	return "error"
+}
+
+// crowd is a set of chatters running until the test ends.
+type crowd struct {
+	chatters       []*chatter
+	stop           context.CancelFunc
+	running, sends sync.WaitGroup
+}
+
+// startCrowd runs every chatter, and returns once all have connected
+// through the balancer.
+func startCrowd(ctx context.Context, t *testing.T, chatters []*chatter, logf func(string, ...any)) *crowd {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	cr := &crowd{chatters: chatters, stop: stop}
+	cr.sends.Add(len(chatters))
+	for _, c := range chatters {
+		cr.running.Add(1)
+		go func() {
+			defer cr.running.Done()
+			var once sync.Once
+			c.run(runCtx, func() { once.Do(cr.sends.Done) })
+		}()
+	}
+	t.Cleanup(func() { stop(); cr.running.Wait() })
+	if !waitAll(ctx, chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
+		t.Fatalf("not every client connected in 30s: %s", dialReport(chatters))
+	}
+	logf("%d clients connected through the balancer: %v", len(chatters), spread(chatters))
+	return cr
+}
+
+// finish waits, once the chat has stopped, until every message sent is
+// acknowledged and every client is back and caught up, lets the last live
+// deliveries arrive, and stops the chatters: their state may then be read
+// without locks.
+func (cr *crowd) finish(ctx context.Context, t *testing.T) {
+	t.Helper()
+	sendsDone := make(chan struct{})
+	go func() { cr.sends.Wait(); close(sendsDone) }()
+	select {
+	case <-sendsDone:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("messages still unacknowledged after 60s: %s", pendingReport(cr.chatters))
+	}
+	if !waitAll(ctx, cr.chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
+		t.Fatalf("not every client back and caught up in 30s: %s", dialReport(cr.chatters))
+	}
+	sleepCtx(ctx, 1500*time.Millisecond) // the last live deliveries
+	cr.stop()
+	cr.running.Wait()
 }

@@ -112,22 +112,7 @@ func clusterFailover(t *testing.T, wait bool) {
 		tokens[users[i]] = tok
 		chatters[i] = newChatter(w, i, users[i], users[i^1], tok)
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	var running, sends sync.WaitGroup
-	sends.Add(len(chatters))
-	for _, c := range chatters {
-		running.Add(1)
-		go func() {
-			defer running.Done()
-			var once sync.Once
-			c.run(runCtx, func() { once.Do(sends.Done) })
-		}()
-	}
-	t.Cleanup(func() { stopRun(); running.Wait() })
-	if !waitAll(ctx, chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
-		t.Fatalf("not every client connected in 30s: %s", dialReport(chatters))
-	}
-	logf("%d clients connected through the balancer: %v", len(chatters), spread(chatters))
+	group := startCrowd(ctx, t, chatters, logf)
 
 	// The victim: the master of the presence channel, to which every
 	// replica subscribes, so that every replica loses a subscription and
@@ -171,19 +156,7 @@ func clusterFailover(t *testing.T, wait bool) {
 	close(w.stopChat)
 	logf("chat stopped; clients now %v", spread(chatters))
 
-	sendsDone := make(chan struct{})
-	go func() { sends.Wait(); close(sendsDone) }()
-	select {
-	case <-sendsDone:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("messages still unacknowledged after 60s: %s", pendingReport(chatters))
-	}
-	if !waitAll(ctx, chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
-		t.Fatalf("not every client back and caught up in 30s: %s", dialReport(chatters))
-	}
-	sleepCtx(ctx, 1500*time.Millisecond) // the last live deliveries
-	stopRun()
-	running.Wait()
+	group.finish(ctx, t)
 
 	// From here on, the chatters are still: read their state without locks.
 	var back time.Duration

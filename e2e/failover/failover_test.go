@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -126,23 +125,7 @@ func TestFailover(t *testing.T) {
 		chatters[i] = c
 	}
 
-	runCtx, stopRun := context.WithCancel(ctx)
-	var running, sends sync.WaitGroup
-	sends.Add(len(chatters))
-	for _, c := range chatters {
-		running.Add(1)
-		go func() {
-			defer running.Done()
-			var once sync.Once
-			c.run(runCtx, func() { once.Do(sends.Done) })
-		}()
-	}
-	t.Cleanup(func() { stopRun(); running.Wait() })
-
-	if !waitAll(ctx, chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
-		t.Fatalf("not every client connected in 30s: %s", dialReport(chatters))
-	}
-	logf("%d clients connected through the balancer: %v", len(chatters), spread(chatters))
+	group := startCrowd(ctx, t, chatters, logf)
 
 	// Drain chatd-b.
 	sleepCtx(ctx, 3*time.Second)
@@ -275,19 +258,7 @@ func TestFailover(t *testing.T) {
 		close(c.release)
 	}
 
-	sendsDone := make(chan struct{})
-	go func() { sends.Wait(); close(sendsDone) }()
-	select {
-	case <-sendsDone:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("messages still unacknowledged after 60s: %s", pendingReport(chatters))
-	}
-	if !waitAll(ctx, chatters, 30*time.Second, func(c *chatter) bool { return c.live }) {
-		t.Fatalf("not every client back and caught up in 30s: %s", dialReport(chatters))
-	}
-	sleepCtx(ctx, 1500*time.Millisecond) // the last live deliveries
-	stopRun()
-	running.Wait()
+	group.finish(ctx, t)
 	chatEnded := time.Now()
 
 	// From here on, the chatters are still: read their state without locks.
