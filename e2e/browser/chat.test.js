@@ -586,11 +586,17 @@ function textOf(page, text) {
 async function paintsOutside(page, text, box, region) {
   const clip = await region.boundingBox();
   const take = () => page.screenshot({ clip, mask: [box], animations: "disabled", caret: "hide" });
-  const shown = await take();
-  await text.evaluate((e) => { e.style.visibility = "hidden"; });
-  const hidden = await take();
-  await text.evaluate((e) => { e.style.visibility = ""; });
-  return !shown.equals(hidden);
+  // Something else in the region may change meanwhile (a delivery tick, a
+  // badge): only a pair taken while the region held still counts.
+  for (let tries = 0; ; tries++) {
+    const shown = await take();
+    await text.evaluate((e) => { e.style.visibility = "hidden"; });
+    const hidden = await take();
+    await text.evaluate((e) => { e.style.visibility = ""; });
+    const again = await take();
+    if (shown.equals(again) || tries === 5) return !shown.equals(hidden);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 /** notIsolated lists the elements matching `selector` that are not dir="auto" with unicode-bidi: isolate. */
