@@ -115,16 +115,8 @@ return out
 //
 // Returns {length, top, unread, read, peer read, elements}: elements are
 // the newest first and the first has seq top.
-var clusterHistoryScript = redis.NewScript(luaClusterPositions + `
-local n = redis.call('LLEN', KEYS[1])
-local top = n
-local before = tonumber(ARGV[1])
-if before > 0 and before - 1 < top then top = before - 1 end
-local items = {}
-if top > 0 then
-  local start = n - top
-  items = redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
-end
+var clusterHistoryScript = redis.NewScript(luaClusterPositions + luaPage + `
+local n, top, items = page(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 local r, rp = positions(KEYS[2], KEYS[1], n, ARGV[3], ARGV[4])
 return {n, top, n - r, r, rp, items}
 `)
@@ -197,6 +189,20 @@ if removed == 1 and redis.call('ZCOUNT', KEYS[1], ARGV[2], '+inf') == 0 then ret
 return 0
 `)
 
+// luaRemoveExpired removes the members ARGV[2…] of the sorted set key
+// whose scores are still below now (a heartbeat may have refreshed them
+// since they were read), and returns how many it removed.
+const luaRemoveExpired = `
+local function removeExpired(key, now)
+  local removed = 0
+  for i = 2, #ARGV do
+    local s = tonumber(redis.call('ZSCORE', key, ARGV[i]))
+    if s and s < now then removed = removed + redis.call('ZREM', key, ARGV[i]) end
+  end
+  return removed
+end
+`
+
 // clusterReapScript removes a user's connections that the presence index
 // names as expired, each only if it is still expired (a heartbeat may have
 // refreshed it since the index was read).
@@ -204,13 +210,9 @@ return 0
 // KEYS: 1 user's presence. ARGV: 1 now (ms), 2… members.
 //
 // Returns 1 when the user went offline by it.
-var clusterReapScript = redis.NewScript(`
+var clusterReapScript = redis.NewScript(luaRemoveExpired + `
 local now = tonumber(ARGV[1])
-local removed = 0
-for i = 2, #ARGV do
-  local s = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
-  if s and s < now then removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
-end
+local removed = removeExpired(KEYS[1], now)
 if removed > 0 and redis.call('ZCOUNT', KEYS[1], now, '+inf') == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
   return 1
@@ -224,12 +226,6 @@ return 0
 // KEYS: 1 presence index. ARGV: 1 now (ms), 2… entries.
 //
 // Returns how many entries it removed.
-var clusterTrimScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local removed = 0
-for i = 2, #ARGV do
-  local s = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
-  if s and s < now then removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
-end
-return removed
+var clusterTrimScript = redis.NewScript(luaRemoveExpired + `
+return removeExpired(KEYS[1], tonumber(ARGV[1]))
 `)

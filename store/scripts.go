@@ -76,6 +76,24 @@ local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
 end
 `
 
+// luaPage reads one page of a conversation (both layouts' history): up to
+// limit elements older than seq before (0: from the newest), newest first.
+// It returns the list's length, the seq of the page's first element, and
+// the elements.
+const luaPage = `
+local function page(list, before, limit)
+  local n = redis.call('LLEN', list)
+  local top = n
+  if before > 0 and before - 1 < top then top = before - 1 end
+  local items = {}
+  if top > 0 then
+    local start = n - top
+    items = redis.call('LRANGE', list, start, start + limit - 1)
+  end
+  return n, top, items
+end
+`
+
 // luaTail applies the one rule of read positions to the k newest elements
 // of a list of length n that no script accounted for (skip newer ones were
 // pushed after them): the newest each of users a and b sent moves that
@@ -161,16 +179,8 @@ return {1, seq}
 //
 // Returns {length, top, unread, read, peer read, elements}: elements are
 // the newest first and the first has seq top.
-var historyScript = redis.NewScript(luaPositions + `
-local n = redis.call('LLEN', KEYS[1])
-local top = n
-local before = tonumber(ARGV[1])
-if before > 0 and before - 1 < top then top = before - 1 end
-local items = {}
-if top > 0 then
-  local start = n - top
-  items = redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
-end
+var historyScript = redis.NewScript(luaPositions + luaPage + `
+local n, top, items = page(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 local r, rp = positions(KEYS[2], KEYS[1], n, ARGV[4], ARGV[5], KEYS[3], KEYS[4], ARGV[3])
 return {n, top, n - r, r, rp, items}
 `)
