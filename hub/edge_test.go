@@ -201,10 +201,21 @@ func TestPresenceAnswerDoesNotUndoANewerPush(t *testing.T) {
 func TestOversizedFrameCloses1009(t *testing.T) {
 	t.Parallel()
 	r := newCluster(t).replica("a")
-	c := r.dial(t, "23")
-	c.send([]byte(`{"type":"send","to":"43","text":"` + strings.Repeat("x", 40<<10) + `"}`))
-	if code := c.closed(); code != websocket.StatusMessageTooBig {
-		t.Fatalf("close status %v, want 1009", code)
+	// The server closes with the frame's rest unread, so the kernel may
+	// answer with a reset that overtakes the close frame (status -1):
+	// only that is tried again.
+	for try := 1; ; try++ {
+		c := r.dial(t, "23")
+		// A reset may also end the write itself: what counts is the close.
+		_ = c.ws.Write(t.Context(), websocket.MessageText,
+			[]byte(`{"type":"send","to":"43","text":"`+strings.Repeat("x", 40<<10)+`"}`))
+		code := c.closed()
+		if code == websocket.StatusMessageTooBig {
+			return
+		}
+		if code != -1 || try == 5 {
+			t.Fatalf("close status %v, want 1009", code)
+		}
 	}
 }
 
