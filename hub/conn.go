@@ -212,10 +212,9 @@ func (c *conn) dropQueueLocked() {
 // slowCloseGrace (a writer stuck on a full socket cannot send it).
 func (c *conn) closeSlow(frames, bytes int) {
 	c.closing.Store(true)
-	if !c.shutdown(websocket.StatusPolicyViolation, "slow consumer: outbound queue full") {
+	if !c.shutdownFirst(websocket.StatusPolicyViolation, "slow consumer: outbound queue full", c.h.m.slowConsumer) {
 		return // already closing for another reason
 	}
-	c.h.m.slowConsumer()
 	c.h.log.Warn("closed a slow consumer", "user", c.user, "queued_frames", frames, "queued_bytes", bytes)
 	if ws := c.ws; ws != nil {
 		time.AfterFunc(slowCloseGrace, func() { ws.CloseNow() })
@@ -263,16 +262,26 @@ func (c *conn) flush() bool {
 // shutdown asks for a close with code; the first call wins, and only it
 // reports true.
 func (c *conn) shutdown(code websocket.StatusCode, why string) bool {
-	first := false
+	return c.shutdownFirst(code, why, nil)
+}
+
+// shutdownFirst is shutdown, calling first (when not nil) before the
+// socket starts to end if this is the first reason given, so that what
+// it records is visible by the time the socket is gone.
+func (c *conn) shutdownFirst(code websocket.StatusCode, why string, first func()) bool {
+	won := false
 	c.quitOnce.Do(func() {
-		first = true
+		won = true
+		if first != nil {
+			first()
+		}
 		c.quitCode, c.quitWhy = code, why
 		close(c.quit)
 	})
 	c.qmu.Lock()
 	c.kickLocked()
 	c.qmu.Unlock()
-	return first
+	return won
 }
 
 // run sets the connection up, then reads until it ends. It returns only
