@@ -284,59 +284,76 @@ func (c *conn) shutdownFirst(code websocket.StatusCode, why string, first func()
 	return won
 }
 
-// run sets the connection up, then reads until it ends. It returns only
-// after the writer has ended and the presence entry is gone.
-func (c *conn) run(parent context.Context) {
+// open sets the connection up: its presence entry, then "ready". It runs
+// on the goroutine that upgraded the socket, whose stack the Redis calls
+// may deepen, so that the socket's own goroutine (run) starts small and an
+// idle socket keeps only the stack its read needs. On failure it has
+// closed the socket and removed what it added, and reports false.
+func (c *conn) open(ctx context.Context) (string, bool) {
 	h := c.h
-	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
-	defer cancel()
-	defer c.ws.CloseNow()
 	c.touch()
-	if !c.expires.IsZero() {
-		expiry := time.AfterFunc(time.Until(c.expires), func() {
-			c.shutdown(websocket.StatusPolicyViolation, "token expired")
-		})
-		defer expiry.Stop()
-	}
-
 	opCtx, opCancel := context.WithTimeout(ctx, h.cfg.OpTimeout)
 	id, err := h.cfg.Presence.Add(opCtx, c.user)
 	opCancel()
 	if err != nil {
 		h.log.Error("presence add failed", "user", c.user, "err", err)
 		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
-		return
+		c.ws.CloseNow()
+		return "", false
 	}
 	h.setID(c, id)
-	defer func() {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), h.cfg.OpTimeout)
-		defer rcancel()
-		if err := h.cfg.Presence.Remove(rctx, c.user, id); err != nil {
-			h.log.Warn("presence remove failed; the entry expires by itself", "user", c.user, "err", err)
-		}
-	}()
-
 	opCtx, opCancel = context.WithTimeout(ctx, h.cfg.OpTimeout)
 	unread, err := h.cfg.Store.Unread(opCtx, c.user)
 	opCancel()
-	if err != nil {
+	if err == nil {
+		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
+		if werr := c.ws.Write(wctx, websocket.MessageText,
+			encode(readyFrame{Type: "ready", User: c.user, Replica: h.cfg.Replica, Unread: unread})); werr != nil {
+			wcancel()
+			c.ws.CloseNow()
+			c.removePresence(ctx, id)
+			return "", false
+		}
+		wcancel()
+	} else {
 		h.log.Error("unread failed", "user", c.user, "err", err)
 		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
-		return
+		c.ws.CloseNow()
+		c.removePresence(ctx, id)
+		return "", false
 	}
-	wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-	err = c.ws.Write(wctx, websocket.MessageText,
-		encode(readyFrame{Type: "ready", User: c.user, Replica: h.cfg.Replica, Unread: unread}))
-	wcancel()
-	if err != nil {
-		return
-	}
-
 	c.qmu.Lock()
 	c.live = true
 	c.kickLocked() // what was queued before "ready", or a close asked for since
 	c.qmu.Unlock()
-	err = c.readLoop(ctx)
+	return id, true
+}
+
+// removePresence removes the socket's presence entry id.
+func (c *conn) removePresence(parent context.Context, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), c.h.cfg.OpTimeout)
+	defer cancel()
+	if err := c.h.cfg.Presence.Remove(ctx, c.user, id); err != nil {
+		c.h.log.Warn("presence remove failed; the entry expires by itself", "user", c.user, "err", err)
+	}
+}
+
+// run reads from an opened socket (presence entry id) until it ends. It
+// returns only after the writer has ended and the presence entry is gone.
+func (c *conn) run(parent context.Context, id string) {
+	h := c.h
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	defer cancel()
+	defer c.ws.CloseNow()
+	if !c.expires.IsZero() {
+		expiry := time.AfterFunc(time.Until(c.expires), func() {
+			c.shutdown(websocket.StatusPolicyViolation, "token expired")
+		})
+		defer expiry.Stop()
+	}
+	defer c.removePresence(parent, id)
+
+	err := c.readLoop(ctx)
 	cancel()
 	c.qmu.Lock()
 	c.ended = true

@@ -352,15 +352,19 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	c.ws, c.out, c.batch = ws, uw.out, batchSelected(ws)
 	h.mu.Unlock()
-	// The socket runs in a goroutine of its own, owned by the hub (h.wg,
-	// until unregister), so that net/http's connection goroutine, with its
-	// deep stack, and the request it read end here: an idle socket keeps
-	// one small stack.
-	serving = true
+	// The socket is opened here; then it runs in a goroutine of its own,
+	// owned by the hub (h.wg, until unregister), so that net/http's
+	// connection goroutine, whose stack the request and the opening's Redis
+	// calls deepened, ends here: an idle socket keeps one small stack.
 	ctx := context.WithoutCancel(r.Context())
+	id, ok := c.open(ctx)
+	if !ok {
+		return
+	}
+	serving = true
 	go func() {
 		defer h.unregister(c)
-		c.run(ctx)
+		c.run(ctx, id)
 	}()
 }
 
