@@ -45,8 +45,45 @@ func BenchmarkSendWait(b *testing.B) {
 	}
 }
 
-// benchSend has senders goroutines share b.N sends through f's Store.
+// BenchmarkSendOnline is the load generator's pattern: pairs of online
+// users (one socket each, on two replicas) sending both ways in turn, so
+// no send bumps an unread count and each one routes to two replicas.
+func BenchmarkSendOnline(b *testing.B) {
+	for _, pairs := range []int{1, 2, 4, 8, 16, 64} {
+		b.Run(fmt.Sprintf("pairs=%d", pairs), func(b *testing.B) {
+			f := newFixture(b, Config{Now: time.Now})
+			expiry := time.Now().Add(time.Hour)
+			for g := range pairs {
+				for i, user := range pairUsers(g) {
+					if _, err := f.s.Connect(f.ctx, user, fmt.Sprintf("r%d c%d", i, g), expiry); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			benchSendWith(b, f, pairs, func(g int, i int64) (string, string) {
+				u := pairUsers(g)
+				return u[i%2], u[1-i%2]
+			})
+		})
+	}
+}
+
+func pairUsers(g int) [2]string {
+	return [2]string{strconv.Itoa(100000 + g), strconv.Itoa(200000 + g)}
+}
+
+// benchSend has senders goroutines share b.N sends through f's Store,
+// each from its own sender to its own recipient.
 func benchSend(b *testing.B, f *fixture, senders int) {
+	benchSendWith(b, f, senders, func(g int, _ int64) (string, string) {
+		u := pairUsers(g)
+		return u[0], u[1]
+	})
+}
+
+// benchSendWith has senders goroutines share b.N sends through f's Store;
+// users names the sender and recipient of goroutine g's send number i.
+func benchSendWith(b *testing.B, f *fixture, senders int, users func(g int, i int64) (string, string)) {
 	ctx := context.Background()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -56,8 +93,10 @@ func benchSend(b *testing.B, f *fixture, senders int) {
 	start := time.Now()
 	for g := range senders {
 		wg.Go(func() {
-			from, to := strconv.Itoa(100000+g), strconv.Itoa(200000+g)
+			var mine int64
 			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				from, to := users(g, mine)
+				mine++
 				req := chat.SendRequest{From: from, To: to, Text: benchText, ClientID: "b" + strconv.FormatInt(i, 10)}
 				if _, _, err := f.s.Send(ctx, req); err != nil {
 					b.Error(err)

@@ -76,7 +76,16 @@ type Config struct {
 	// WaitTimeout is how long a write waits for Wait replicas. Defaults to
 	// DefaultWaitTimeout (500 ms).
 	WaitTimeout time.Duration
+	// BatchDelay is how long, under load, a send may wait for other sends
+	// to share its pipeline to Redis; while sends arrive too slowly to
+	// bring several others in that time, none waits. It trades at most
+	// that much latency for much less CPU per message, in Redis and here.
+	// 0 means DefaultBatchDelay; negative, never wait.
+	BatchDelay time.Duration
 }
+
+// DefaultBatchDelay is Config.BatchDelay's default.
+const DefaultBatchDelay = 500 * time.Microsecond
 
 // Store is chatd's Redis data layer. It is safe for concurrent use.
 type Store struct {
@@ -126,7 +135,13 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 	if dur.replicas > 0 {
 		wait = s.evalWait
 	}
-	s.sends = newBatcher(rdb, send, wait)
+	switch {
+	case cfg.BatchDelay == 0:
+		cfg.BatchDelay = DefaultBatchDelay
+	case cfg.BatchDelay < 0:
+		cfg.BatchDelay = 0
+	}
+	s.sends = newBatcher(rdb, send, cfg.BatchDelay, wait)
 	return s
 }
 

@@ -717,7 +717,7 @@ func TestEveryFlagHasAnEnvVar(t *testing.T) {
 		"CHAT_RATE": "5", "CHAT_BURST": "6", "CHAT_MAX_CONNS_PER_USER": "7", "CHAT_QUEUE": "8",
 		"CHAT_PRESENCE_TTL": "9s", "CHAT_CONNECT_RATE": "2.5", "CHAT_CONNECT_BURST": "3",
 		"CHAT_IDLE_TIMEOUT": "11s", "CHAT_METRICS_ADDR": "127.0.0.1:9", "CHAT_SECRET": strings.Repeat("s", 32),
-		"REDIS_URL": "redis://127.0.0.1:1/0",
+		"REDIS_URL": "redis://127.0.0.1:1/0", "CHAT_REDIS_BATCH_DELAY": "1ms",
 	}
 	c, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err != nil {
@@ -725,7 +725,7 @@ func TestEveryFlagHasAnEnvVar(t *testing.T) {
 	}
 	if c.rate != 5 || c.burst != 6 || c.maxPerUser != 7 || c.queue != 8 || c.presenceTTL != 9*time.Second ||
 		c.connRate != 2.5 || c.connBurst != 3 || c.idleTimeout != 11*time.Second || c.metricsAddr != "127.0.0.1:9" ||
-		c.secret != env["CHAT_SECRET"] || c.redisURL != env["REDIS_URL"] {
+		c.secret != env["CHAT_SECRET"] || c.redisURL != env["REDIS_URL"] || c.batchDelay != time.Millisecond {
 		t.Errorf("config from the environment: %+v", c)
 	}
 	// A flag wins over its variable.

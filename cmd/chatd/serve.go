@@ -105,7 +105,12 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		metrics.RedisLatency.WithLabelValues(cmd).Observe(d.Seconds())
 	}))
 
-	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log, Wait: cfg.redisWait, WaitTimeout: cfg.waitTimeout})
+	batchDelay := cfg.batchDelay
+	if batchDelay == 0 {
+		batchDelay = -1 // never wait: the Config's zero is its default
+	}
+	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log, Wait: cfg.redisWait, WaitTimeout: cfg.waitTimeout,
+		BatchDelay: batchDelay})
 	defer st.Close()
 	var h *hub.Hub // the tracker's lapses go to the hub, which needs the tracker
 	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL,

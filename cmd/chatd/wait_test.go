@@ -28,6 +28,7 @@ func TestRedisWaitConfig(t *testing.T) {
 		{[]string{"-redis-wait", "1", "-redis", "redis://127.0.0.1:1?addr=127.0.0.1:2", "-redis-wait-timeout", "3s"}, nil,
 			"half the Redis read timeout"},
 		{nil, map[string]string{"CHAT_REDIS_WAIT": "one"}, "CHAT_REDIS_WAIT"},
+		{[]string{"-redis-batch-delay", "-1ms"}, nil, "-redis-batch-delay must be 0 or more"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, tc.args...), func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
