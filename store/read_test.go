@@ -328,10 +328,7 @@ func TestSeedWritesAfterChatd(t *testing.T) {
 	if got := f.views(t, "23", "43"); got != (state{unread: 1, read: before.read, peerRead: 5}) {
 		t.Fatalf("23's side = %+v, want as before %+v with 43 at 5", got, before)
 	}
-	h, err := f.r.Client.HGetAll(f.ctx, f.k.read("43-23")).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.readPositions(t, "43-23")
 	if want := map[string]string{"len": "6", "r:23": "5", "r:43": "5"}; !maps.Equal(h, want) {
 		t.Fatalf("read hash = %v, want %v", h, want)
 	}
@@ -399,10 +396,7 @@ func TestSeedOnlyConversation(t *testing.T) {
 	if got := f.unreadField(t, "23", "77-23"); got != "3" {
 		t.Fatalf("the seed's count = %q, want 3", got)
 	}
-	h, err := f.r.Client.HGetAll(f.ctx, f.k.read("77-23")).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.readPositions(t, "77-23")
 	if want := map[string]string{"len": "6", "r:23": "3", "r:77": "6"}; !maps.Equal(h, want) {
 		t.Fatalf("read hash = %v, want %v", h, want)
 	}
@@ -452,12 +446,39 @@ func TestUnreadIndex(t *testing.T) {
 	if _, err := f.s.MarkRead(f.ctx, "23", "103", 1, ""); err != nil { // 1 of 1: all
 		t.Fatal(err)
 	}
-	if got, want := members("23"), []string{"101-23", "104-23"}; !slices.Equal(got, want) {
+	// 23's answer to 102 leaves its entry, now counting 0, for Unread to
+	// remove: a send writes no index while both users chat.
+	if got, want := members("23"), []string{"101-23", "102-23", "104-23"}; !slices.Equal(got, want) {
 		t.Fatalf("index of 23 = %q, want %q", got, want)
 	}
 	un, err := f.s.Unread(f.ctx, "23")
 	if err != nil || !maps.Equal(un, map[string]int64{"101": 1, "104": 1}) {
 		t.Fatalf("Unread(23) = %v, %v", un, err)
+	}
+	if got, want := members("23"), []string{"101-23", "104-23"}; !slices.Equal(got, want) {
+		t.Fatalf("index of 23 after Unread = %q, want %q", got, want)
+	}
+	// Removed with its mark: the next message from 102 indexes it again.
+	f.send(t, "102", "23", "and you?")
+	if got, want := members("23"), []string{"101-23", "102-23", "104-23"}; !slices.Equal(got, want) {
+		t.Fatalf("index of 23 after 102 wrote again = %q, want %q", got, want)
+	}
+	if un, err := f.s.Unread(f.ctx, "23"); err != nil || !maps.Equal(un, map[string]int64{"101": 1, "102": 1, "104": 1}) {
+		t.Fatalf("Unread(23) after 102 wrote again = %v, %v", un, err)
+	}
+	// While both chat, sends write no index, and the counts stay exact.
+	for i := range 5 {
+		from, to := "23", "102"
+		if i%2 == 1 {
+			from, to = to, from
+		}
+		f.send(t, from, to, fmt.Sprint("turn ", i))
+	}
+	if un, err := f.s.Unread(f.ctx, "23"); err != nil || !maps.Equal(un, map[string]int64{"101": 1, "104": 1}) {
+		t.Fatalf("Unread(23) after a chat with 102 = %v, %v", un, err)
+	}
+	if un, err := f.s.Unread(f.ctx, "102"); err != nil || !maps.Equal(un, map[string]int64{"23": 1}) {
+		t.Fatalf("Unread(102) after a chat with 23 = %v, %v", un, err)
 	}
 	if got := members("102"); !slices.Equal(got, []string{"102-23"}) {
 		t.Fatalf("index of 102 after 23 answered = %q, want [102-23]", got)
@@ -467,6 +488,12 @@ func TestUnreadIndex(t *testing.T) {
 	}
 	if got := members("102"); len(got) != 0 {
 		t.Fatalf("index of 102 after its read = %q, want none", got)
+	}
+	if _, err := f.s.MarkRead(f.ctx, "23", "102", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := members("23"), []string{"101-23", "104-23"}; !slices.Equal(got, want) {
+		t.Fatalf("index of 23 after reading 102 = %q, want %q", got, want)
 	}
 }
 

@@ -58,9 +58,10 @@ end
 -- positions returns the read positions of users a and b in the conversation
 -- conv (list key list, length n, read hash rk; seedA and seedB the users'
 -- seed hashes). skip is how many elements were pushed after those n (the
--- message a send is storing), 0 when nil.
-local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
-  local st = redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b)
+-- message a send is storing), 0 when nil. positionsOf is positions from
+-- the read hash's "len", "r:<a>" and "r:<b>" fields (st, as HMGET returns
+-- them, in that order), for a script that reads more fields with them.
+local function positionsOf(st, list, n, a, b, seedA, seedB, conv, skip)
   local len = tonumber(st[1])
   local ra, rb, k
   if len then
@@ -73,6 +74,9 @@ local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
     k = n - math.min(ra, rb)
   end
   return tail(list, n, k, skip, a, b, ra, rb)
+end
+local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
+  return positionsOf(redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b), list, n, a, b, seedA, seedB, conv, skip)
 end
 `
 
@@ -122,10 +126,15 @@ end
 
 // sendScript stores one message, all in one step.
 //
+// The recipient's unread index gets the conversation only if the read
+// hash's "i:<recipient>" mark says it has not got it: while both users
+// chat, a send writes no index. The sender's entry, if any, stays (its
+// count is 0 now); Unread removes such entries, with their marks.
+//
 // KEYS: 1 conversation list, 2 recipient's unread hash, 3 idempotency key,
 // 4 sender's inbox, 5 recipient's inbox, 6 recipient's presence,
 // 7 sender's presence, 8 conversation's read hash, 9 sender's unread hash,
-// 10 recipient's unread index, 11 sender's unread index.
+// 10 recipient's unread index.
 // ARGV: 1 seed-format element, 2 conversation name, 3 now (ms),
 // 4 idempotency TTL (ms), 5 replica channel prefix, 6 delivery payload
 // head (up to the seq), 7 its tail (after the seq), 8 key prefix,
@@ -149,11 +158,14 @@ end
 local from, to = ARGV[9], ARGV[10]
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
 local n = seq - 1
-local rf, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
-if to == from then rt = seq end
-redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
-if to ~= from then
-  if rf < n then redis.call('HDEL', KEYS[11], ARGV[2]) end
+local st = redis.call('HMGET', KEYS[8], 'len', 'r:' .. from, 'r:' .. to, 'i:' .. to)
+local _, rt = positionsOf(st, KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
+if to == from then
+  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq)
+elseif st[4] then
+  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
+else
+  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt, 'i:' .. to, 1)
   redis.call('HSET', KEYS[10], ARGV[2], rt .. ' ' .. seq)
 end
 local now = tonumber(ARGV[3])
@@ -208,12 +220,25 @@ var readScript = redis.NewScript(luaRoute + luaPositions + `
 local n = redis.call('LLEN', KEYS[2])
 if n == 0 then return {0, 0, 0} end
 local me, peer = ARGV[6], ARGV[7]
-local r, rp = positions(KEYS[1], KEYS[2], n, me, peer, KEYS[3], KEYS[4], ARGV[1])
+local st = redis.call('HMGET', KEYS[1], 'len', 'r:' .. me, 'r:' .. peer, 'i:' .. me)
+local r, rp = positionsOf(st, KEYS[2], n, me, peer, KEYS[3], KEYS[4], ARGV[1])
 local upto = tonumber(ARGV[8])
 if upto <= 0 or upto > n then upto = n end
 if upto > r then r = upto end
 if me == peer then rp = r end
-redis.call('HSET', KEYS[1], 'len', n, 'r:' .. me, r, 'r:' .. peer, rp)
+local unread = n - r
+-- The marks "i:<user>" say which unread indexes hold the conversation.
+local fields = {'len', n, 'r:' .. me, r, 'r:' .. peer, rp}
+if unread > 0 then
+  fields[#fields + 1] = 'i:' .. me
+  fields[#fields + 1] = 1
+end
+if me ~= peer and rp < n then
+  fields[#fields + 1] = 'i:' .. peer
+  fields[#fields + 1] = 1
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+if unread == 0 and st[4] then redis.call('HDEL', KEYS[1], 'i:' .. me) end
 -- A conversation only the seed wrote has no inbox entries: give it some, so
 -- that it stays in both inboxes once chatd has read it.
 if not redis.call('ZSCORE', KEYS[9], ARGV[1]) or not redis.call('ZSCORE', KEYS[10], ARGV[1]) then
@@ -223,7 +248,6 @@ if not redis.call('ZSCORE', KEYS[9], ARGV[1]) or not redis.call('ZSCORE', KEYS[1
   redis.call('ZADD', KEYS[9], 'NX', at, ARGV[1])
   redis.call('ZADD', KEYS[10], 'NX', at, ARGV[1])
 end
-local unread = n - r
 local seed = redis.call('HGET', KEYS[3], ARGV[1])
 if unread == 0 then
   if seed and seed ~= '0' then redis.call('HSET', KEYS[3], ARGV[1], 0) end
@@ -249,7 +273,9 @@ return {n, r, unread}
 // conversations the unread index names and those the seed's unread hash
 // counts (the seed's msgsend writes no index). An index entry "<read> <len>"
 // whose len is still the list's length gives the count with one LLEN; any
-// other conversation is counted as luaPositions does.
+// other conversation is counted as luaPositions does. An entry whose count
+// is 0 (a send leaves the sender's) is removed, with its mark in the read
+// hash, so that the next message to the user indexes it again.
 //
 // KEYS: 1 user's unread hash, 2 user's unread index.
 // ARGV: 1 user, 2 key prefix, 3 read hash prefix.
@@ -264,7 +290,9 @@ local function add(conv, n)
   if n > r then
     out[#out + 1] = conv
     out[#out + 1] = n - r
+    return true
   end
+  return false
 end
 local idx = redis.call('HGETALL', KEYS[2])
 for i = 1, #idx, 2 do
@@ -272,13 +300,19 @@ for i = 1, #idx, 2 do
   seen[conv] = true
   local n = redis.call('LLEN', ARGV[2] .. conv)
   local r, len = string.match(idx[i + 1], '^(%d+) (%d+)$')
+  local counted
   if r and tonumber(len) == n then
-    if n > tonumber(r) then
+    counted = n > tonumber(r)
+    if counted then
       out[#out + 1] = conv
       out[#out + 1] = n - tonumber(r)
     end
-  elseif n > 0 then
-    add(conv, n)
+  else
+    counted = n > 0 and add(conv, n)
+  end
+  if not counted then
+    redis.call('HDEL', KEYS[2], conv)
+    redis.call('HDEL', ARGV[3] .. conv, 'i:' .. me)
   end
 end
 local h = redis.call('HGETALL', KEYS[1])

@@ -202,7 +202,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 			s.keys.inbox(req.From), s.keys.inbox(req.To),
 			s.keys.presence(req.To), s.keys.presence(req.From),
 			s.keys.read(conv), s.keys.unread(req.From),
-			s.keys.unreadIndex(req.To), s.keys.unreadIndex(req.From),
+			s.keys.unreadIndex(req.To),
 		},
 		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
 		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To, later,
