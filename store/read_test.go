@@ -446,9 +446,14 @@ func TestUnreadIndex(t *testing.T) {
 	if _, err := f.s.MarkRead(f.ctx, "23", "103", 1, ""); err != nil { // 1 of 1: all
 		t.Fatal(err)
 	}
-	// 23's answer to 102 leaves its entry, now counting 0, for Unread to
-	// remove: a send writes no index while both users chat.
-	if got, want := members("23"), []string{"101-23", "102-23", "104-23"}; !slices.Equal(got, want) {
+	// On one Redis, 23's answer to 102 leaves its entry, now counting 0,
+	// for Unread to remove: a send writes no index while both users chat.
+	// (A cluster's send removes the sender's hint in the sender's slot.)
+	want := []string{"101-23", "102-23", "104-23"}
+	if f.cluster() {
+		want = []string{"101-23", "104-23"}
+	}
+	if got := members("23"); !slices.Equal(got, want) {
 		t.Fatalf("index of 23 = %q, want %q", got, want)
 	}
 	un, err := f.s.Unread(f.ctx, "23")
