@@ -78,6 +78,7 @@ func (c *cluster) evalAll(ctx context.Context, script *redis.Script, calls []cal
 type side struct {
 	user string
 	read int64
+	skip string // a presence member of user that needs nothing published
 }
 
 // touch runs clusterUserScript for each side of the conversation conv,
@@ -99,7 +100,7 @@ func (c *cluster) touch(ctx context.Context, conv string, n, at int64, cond stri
 	for i, sd := range sides {
 		calls[i] = call{
 			keys: []string{c.keys.inbox(sd.user), c.keys.unreadHints(sd.user), c.keys.presence(sd.user)},
-			args: []any{conv, inbox, cond, sd.read, n, route},
+			args: []any{conv, inbox, cond, sd.read, n, route, sd.skip},
 		}
 	}
 	out := make([][]string, len(sides))
@@ -197,7 +198,7 @@ func (s *Store) clusterSend(ctx context.Context, req chat.SendRequest, conv stri
 			return chat.Message{}, false, fmt.Errorf("send %s: earlier message #%d: %w", conv, seq, err)
 		}
 	}
-	sides := []side{{req.To, rt}, {req.From, rf}}
+	sides := []side{{user: req.To, read: rt}, {user: req.From, read: rf, skip: req.Origin}}
 	if req.To == req.From {
 		sides = sides[:1]
 	}
@@ -295,7 +296,7 @@ func (s *Store) clusterMarkRead(ctx context.Context, user, peer string, seq int6
 	if t, ok := elementTime(last); ok {
 		at = int64(math.Floor(t * 1000))
 	}
-	sides := []side{{user, r}, {peer, rp}}
+	sides := []side{{user: user, read: r}, {user: peer, read: rp}}
 	if user == peer {
 		sides = sides[:1]
 	}

@@ -73,9 +73,11 @@ return {1, seq, seq, seq, rt, ''}
 // ARGV: 1 conversation name, 2 inbox score (ms; "" leaves the inbox
 // alone), 3 ZADD condition for it ("GT" or "NX"), 4 the user's read
 // position, 5 the conversation's length, 6 now (ms; "" asks for no
-// replicas).
+// replicas), 7 a presence member to leave out (the socket that sent the
+// message, which has its answer; "" for none).
 //
-// Returns the names of the replicas that hold live sockets of the user.
+// Returns the names of the replicas that hold live sockets of the user
+// (but the one left out).
 var clusterUserScript = redis.NewScript(`
 local conv = ARGV[1]
 if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2], conv) end
@@ -97,7 +99,7 @@ local out = {}
 if ARGV[6] ~= '' then
   local seen = {}
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[6], '+inf')) do
-    local r = string.match(m, '^(%S+) ')
+    local r = m ~= ARGV[7] and string.match(m, '^(%S+) ')
     if r and not seen[r] then
       seen[r] = true
       out[#out + 1] = r

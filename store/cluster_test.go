@@ -229,7 +229,7 @@ func TestClusterUnreadHintsOnlyMoveForward(t *testing.T) {
 	f.clusterLayout(t)
 	hint := func(read, n int64) {
 		t.Helper()
-		if _, err := f.s.cl.touch(f.ctx, "43-23", n, 0, "", 0, side{"43", read}); err != nil {
+		if _, err := f.s.cl.touch(f.ctx, "43-23", n, 0, "", 0, side{user: "43", read: read}); err != nil {
 			t.Fatal(err)
 		}
 	}

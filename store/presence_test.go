@@ -184,21 +184,34 @@ func TestDeliveryRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The second came from 23's only socket, which has its answer: 23's
+	// replica is not published to for it. With another socket of 23 there,
+	// it is.
+	f.connect(t, "23", "r1 c9", time.Minute)
+	m3, _, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: "third", Origin: "r1 c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		msg    chat.Message
+		origin string
+	}
 	for _, tt := range []struct {
 		name string
 		sub  *Subscriber
 		rec  *recorder
-	}{{"r1", sub1, rec1}, {"r2", sub2, rec2}} {
-		ds := tt.rec.waitDeliveries(t, 2)
+		want []want
+	}{
+		{"r1", sub1, rec1, []want{{m, ""}, {m3, "r1 c1"}}},
+		{"r2", sub2, rec2, []want{{m, ""}, {m2, "r1 c1"}, {m3, "r1 c1"}}},
+	} {
+		ds := tt.rec.waitDeliveries(t, len(tt.want))
 		barrier(t, tt.sub)
 		ds, _ = tt.rec.snapshot()
-		if len(ds) != 2 {
-			t.Fatalf("%s got %d deliveries, want 2", tt.name, len(ds))
+		if len(ds) != len(tt.want) {
+			t.Fatalf("%s got %d deliveries, want %d", tt.name, len(ds), len(tt.want))
 		}
-		for i, want := range []struct {
-			msg    chat.Message
-			origin string
-		}{{m, ""}, {m2, "r1 c1"}} {
+		for i, want := range tt.want {
 			d := ds[i]
 			if d.Kind != 'm' || d.Origin != want.origin || !slices.Equal(d.Users, []string{"43", "23"}) {
 				t.Fatalf("%s delivery %d = kind %c origin %q users %q; want m %q [43 23]", tt.name, i, d.Kind, d.Origin, d.Users, want.origin)
@@ -226,8 +239,8 @@ func TestDeliveryRouting(t *testing.T) {
 	barrier(t, sub2)
 	ds1, _ := rec1.snapshot()
 	ds2, _ := rec2.snapshot()
-	if len(ds1) != 2 || len(ds2) != 3 {
-		t.Fatalf("deliveries r1 %d, r2 %d; want 2 (nothing new) and 3 (the sender's replica)", len(ds1), len(ds2))
+	if len(ds1) != 2 || len(ds2) != 4 {
+		t.Fatalf("deliveries r1 %d, r2 %d; want 2 (nothing new) and 4 (the sender's replica)", len(ds1), len(ds2))
 	}
 	f.wantSeed(t, "23", "43-23", "1") // 23 is offline
 }

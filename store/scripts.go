@@ -11,13 +11,16 @@ import "github.com/redis/go-redis/v9"
 
 // luaRoute is shared by the scripts that publish to the replicas holding
 // sockets of some users: route adds the replica of every live entry of key
+// but skip (a socket that needs nothing published: it caused the message)
 // to set and returns how many live entries there are.
 const luaRoute = `
-local function route(set, key, now)
+local function route(set, key, now, skip)
   local members = redis.call('ZRANGEBYSCORE', key, now, '+inf')
   for _, m in ipairs(members) do
-    local r = string.match(m, '^(%S+) ')
-    if r then set[r] = true end
+    if m ~= skip then
+      local r = string.match(m, '^(%S+) ')
+      if r then set[r] = true end
+    end
   end
   return #members
 end
@@ -140,7 +143,10 @@ end
 // head (up to the seq), 7 its tail (after the seq), 8 key prefix,
 // 9 sender, 10 recipient, 11 "1" to publish nothing (the caller delivers
 // the message once replicas have acknowledged it, see wait.go), "" to
-// publish. (Payloads: see appendHead in pubsub.go.)
+// publish, 12 the sending socket's presence member (empty: none), whose
+// replica is published to only for the recipient's or the sender's other
+// sockets: the sending socket has its answer. (Payloads: see appendHead
+// in pubsub.go.)
 //
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
@@ -173,7 +179,7 @@ local set = {}
 if route(set, KEYS[6], now) == 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 end
-route(set, KEYS[7], now)
+route(set, KEYS[7], now, ARGV[12])
 redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. seq, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])

@@ -205,7 +205,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 			s.keys.unreadIndex(req.To),
 		},
 		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
-		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To, later,
+		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To, later, req.Origin,
 	)
 	if err != nil {
 		return chat.Message{}, false, fmt.Errorf("send %s: %w", conv, err)
