@@ -20,7 +20,8 @@
 // Routing: every replica subscribes to one channel of its own. A live
 // connection is a presence entry "<replica> <conn>"; the script that stores a
 // message publishes it to the replicas that hold a socket of the sender or
-// the recipient, in the same atomic step that decides whether the recipient
+// the recipient (but the sending socket, which has its answer), in the
+// same atomic step that decides whether the recipient
 // is online. So a replica receives only what its sockets need, never
 // subscribes per user, and a user who connects while a message is sent
 // either is found online (and is published to) or is counted unread.
@@ -162,8 +163,9 @@ func (s *Store) Ping(ctx context.Context) error {
 // conversation list, moves the sender's read position to it, bumps the
 // recipient's count in the seed's unread hash when the recipient has no
 // live connection, records the idempotency key, updates both inboxes and
-// publishes the message to the replicas of both users, in one atomic step. A repeated (sender, client id) returns the first message with
-// dup true and writes nothing.
+// publishes the message to the replicas of both users' sockets (but
+// req.Origin, the sending socket), in one atomic step. A repeated (sender,
+// client id) returns the first message with dup true and writes nothing.
 //
 // With Config.Wait, the message is published only once replicas have
 // acknowledged it, by a call of its own, and a repeated send publishes it
