@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -127,18 +126,6 @@ func (f *fixture) inboxKey(user string) string {
 		return f.ck.inbox(user)
 	}
 	return f.k.inbox(user)
-}
-
-// readPositions returns the fields of a conversation's read hash that
-// hold positions ("len", "r:<user>"), without the index marks.
-func (f *fixture) readPositions(t testing.TB, conv string) map[string]string {
-	t.Helper()
-	h, err := f.r.Client.HGetAll(f.ctx, f.k.read(conv)).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	maps.DeleteFunc(h, func(k, _ string) bool { return strings.HasPrefix(k, "i:") })
-	return h
 }
 
 // unreadIndexKey is the single Redis's unread index or the cluster's

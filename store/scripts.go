@@ -61,10 +61,9 @@ end
 -- positions returns the read positions of users a and b in the conversation
 -- conv (list key list, length n, read hash rk; seedA and seedB the users'
 -- seed hashes). skip is how many elements were pushed after those n (the
--- message a send is storing), 0 when nil. positionsOf is positions from
--- the read hash's "len", "r:<a>" and "r:<b>" fields (st, as HMGET returns
--- them, in that order), for a script that reads more fields with them.
-local function positionsOf(st, list, n, a, b, seedA, seedB, conv, skip)
+-- message a send is storing), 0 when nil.
+local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
+  local st = redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b)
   local len = tonumber(st[1])
   local ra, rb, k
   if len then
@@ -77,9 +76,6 @@ local function positionsOf(st, list, n, a, b, seedA, seedB, conv, skip)
     k = n - math.min(ra, rb)
   end
   return tail(list, n, k, skip, a, b, ra, rb)
-end
-local function positions(rk, list, n, a, b, seedA, seedB, conv, skip)
-  return positionsOf(redis.call('HMGET', rk, 'len', 'r:' .. a, 'r:' .. b), list, n, a, b, seedA, seedB, conv, skip)
 end
 `
 
@@ -129,10 +125,9 @@ end
 
 // sendScript stores one message, all in one step.
 //
-// The recipient's unread index gets the conversation only if the read
-// hash's "i:<recipient>" mark says it has not got it: while both users
-// chat, a send writes no index. The sender's entry, if any, stays (its
-// count is 0 now); Unread removes such entries, with their marks.
+// The recipient's unread index gets the conversation if it has not got it
+// (HSETNX: while both users chat, a send changes no index); the sender's
+// entry, if any, stays, counting 0 now, for Unread to remove.
 //
 // KEYS: 1 conversation list, 2 recipient's unread hash, 3 idempotency key,
 // 4 sender's inbox, 5 recipient's inbox, 6 recipient's presence,
@@ -143,9 +138,9 @@ end
 // head (up to the seq), 7 its tail (after the seq), 8 key prefix,
 // 9 sender, 10 recipient, 11 "1" to publish nothing (the caller delivers
 // the message once replicas have acknowledged it, see wait.go), "" to
-// publish, 12 the sending socket's presence member (empty: none), whose
-// replica is published to only for the recipient's or the sender's other
-// sockets: the sending socket has its answer. (Payloads: see appendHead
+// publish, 12 the sending socket's presence member (empty: none), which
+// routing leaves out: the sending socket has its answer, so its replica
+// is published to only for the users' other sockets there. (Payloads: see appendHead
 // in pubsub.go.)
 //
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
@@ -164,19 +159,16 @@ end
 local from, to = ARGV[9], ARGV[10]
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
 local n = seq - 1
-local st = redis.call('HMGET', KEYS[8], 'len', 'r:' .. from, 'r:' .. to, 'i:' .. to)
-local _, rt = positionsOf(st, KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
+local _, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
 if to == from then
   redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq)
-elseif st[4] then
-  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
 else
-  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt, 'i:' .. to, 1)
-  redis.call('HSET', KEYS[10], ARGV[2], rt .. ' ' .. seq)
+  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
+  redis.call('HSETNX', KEYS[10], ARGV[2], rt .. ' ' .. seq)
 end
 local now = tonumber(ARGV[3])
 local set = {}
-if route(set, KEYS[6], now) == 0 then
+if route(set, KEYS[6], now, ARGV[12]) == 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 end
 route(set, KEYS[7], now, ARGV[12])
@@ -226,25 +218,12 @@ var readScript = redis.NewScript(luaRoute + luaPositions + `
 local n = redis.call('LLEN', KEYS[2])
 if n == 0 then return {0, 0, 0} end
 local me, peer = ARGV[6], ARGV[7]
-local st = redis.call('HMGET', KEYS[1], 'len', 'r:' .. me, 'r:' .. peer, 'i:' .. me)
-local r, rp = positionsOf(st, KEYS[2], n, me, peer, KEYS[3], KEYS[4], ARGV[1])
+local r, rp = positions(KEYS[1], KEYS[2], n, me, peer, KEYS[3], KEYS[4], ARGV[1])
 local upto = tonumber(ARGV[8])
 if upto <= 0 or upto > n then upto = n end
 if upto > r then r = upto end
 if me == peer then rp = r end
-local unread = n - r
--- The marks "i:<user>" say which unread indexes hold the conversation.
-local fields = {'len', n, 'r:' .. me, r, 'r:' .. peer, rp}
-if unread > 0 then
-  fields[#fields + 1] = 'i:' .. me
-  fields[#fields + 1] = 1
-end
-if me ~= peer and rp < n then
-  fields[#fields + 1] = 'i:' .. peer
-  fields[#fields + 1] = 1
-end
-redis.call('HSET', KEYS[1], unpack(fields))
-if unread == 0 and st[4] then redis.call('HDEL', KEYS[1], 'i:' .. me) end
+redis.call('HSET', KEYS[1], 'len', n, 'r:' .. me, r, 'r:' .. peer, rp)
 -- A conversation only the seed wrote has no inbox entries: give it some, so
 -- that it stays in both inboxes once chatd has read it.
 if not redis.call('ZSCORE', KEYS[9], ARGV[1]) or not redis.call('ZSCORE', KEYS[10], ARGV[1]) then
@@ -254,6 +233,7 @@ if not redis.call('ZSCORE', KEYS[9], ARGV[1]) or not redis.call('ZSCORE', KEYS[1
   redis.call('ZADD', KEYS[9], 'NX', at, ARGV[1])
   redis.call('ZADD', KEYS[10], 'NX', at, ARGV[1])
 end
+local unread = n - r
 local seed = redis.call('HGET', KEYS[3], ARGV[1])
 if unread == 0 then
   if seed and seed ~= '0' then redis.call('HSET', KEYS[3], ARGV[1], 0) end
@@ -280,8 +260,7 @@ return {n, r, unread}
 // counts (the seed's msgsend writes no index). An index entry "<read> <len>"
 // whose len is still the list's length gives the count with one LLEN; any
 // other conversation is counted as luaPositions does. An entry whose count
-// is 0 (a send leaves the sender's) is removed, with its mark in the read
-// hash, so that the next message to the user indexes it again.
+// is 0 (a send leaves the sender's) is removed.
 //
 // KEYS: 1 user's unread hash, 2 user's unread index.
 // ARGV: 1 user, 2 key prefix, 3 read hash prefix.
@@ -316,10 +295,7 @@ for i = 1, #idx, 2 do
   else
     counted = n > 0 and add(conv, n)
   end
-  if not counted then
-    redis.call('HDEL', KEYS[2], conv)
-    redis.call('HDEL', ARGV[3] .. conv, 'i:' .. me)
-  end
+  if not counted then redis.call('HDEL', KEYS[2], conv) end
 end
 local h = redis.call('HGETALL', KEYS[1])
 for i = 1, #h, 2 do
@@ -340,11 +316,12 @@ return out
 // routeScript publishes an ephemeral payload to the replicas of some users.
 //
 // KEYS: the users' presence sets. ARGV: 1 now (ms), 2 replica channel
-// prefix, 3 payload. Returns the number of replicas reached.
+// prefix, 3 payload, 4 a presence member to leave out ("" or none: none).
+// Returns the number of replicas reached.
 var routeScript = redis.NewScript(luaRoute + `
 local now = tonumber(ARGV[1])
 local set = {}
-for _, k in ipairs(KEYS) do route(set, k, now) end
+for _, k in ipairs(KEYS) do route(set, k, now, ARGV[4]) end
 local count = 0
 for _ in pairs(set) do count = count + 1 end
 publish(set, ARGV[2], ARGV[3])

@@ -79,7 +79,7 @@ type Config struct {
 	WaitTimeout time.Duration
 	// BatchDelay is how long, under load, a send may wait for other sends
 	// to share its pipeline to Redis; while sends arrive too slowly to
-	// bring several others in that time, none waits. It trades at most
+	// bring several others in that time, none waits. It trades about
 	// that much latency for much less CPU per message, in Redis and here.
 	// 0 means DefaultBatchDelay; negative, never wait.
 	BatchDelay time.Duration
@@ -220,7 +220,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 		seq, _ := res[1].(int64)
 		msg = chat.Message{Conv: conv, Seq: seq, From: req.From, To: req.To, Text: req.Text, Time: ts}
 		if later != "" {
-			s.deliver(ctx, append(strconv.AppendInt(head, seq, 10), tail...), msg.To, msg.From)
+			s.deliver(ctx, append(strconv.AppendInt(head, seq, 10), tail...), req.Origin, msg.To, msg.From)
 		}
 		return msg, false, nil
 	}
@@ -235,7 +235,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 		return chat.Message{}, false, fmt.Errorf("send %s: earlier message %s #%d: %w", conv, prevConv, seq, err)
 	}
 	if later != "" {
-		s.deliver(ctx, messageDelivery(msg, req.Origin), msg.To, msg.From)
+		s.deliver(ctx, messageDelivery(msg, req.Origin), req.Origin, msg.To, msg.From)
 	}
 	return msg, true, nil
 }
@@ -243,16 +243,18 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 // deliver publishes a message's payload, after its send has waited for
 // replicas, to the replicas that hold live sockets of its users. A failure
 // is logged: the message is stored, and the sockets catch up by seq.
-func (s *Store) deliver(ctx context.Context, payload []byte, users ...string) {
-	if err := s.route(context.WithoutCancel(ctx), route{users, payload}); err != nil {
+func (s *Store) deliver(ctx context.Context, payload []byte, origin string, users ...string) {
+	if err := s.route(context.WithoutCancel(ctx), route{users: users, payload: payload, skip: origin}); err != nil {
 		s.log.Warn("message stored, but live delivery failed", "users", users, "err", err)
 	}
 }
 
-// route is one payload for the replicas of some users.
+// route is one payload for the replicas of some users' sockets, but skip
+// (a presence member; empty: none).
 type route struct {
 	users   []string
 	payload []byte
+	skip    string
 }
 
 // route publishes each payload with routeScript, pipelined.
@@ -264,7 +266,7 @@ func (s *Store) route(ctx context.Context, routes ...route) error {
 		for j, u := range r.users {
 			keys[j] = s.keys.presence(u)
 		}
-		calls[i] = call{keys: keys, args: []any{now, s.keys.replicaChannelPrefix(), r.payload}}
+		calls[i] = call{keys: keys, args: []any{now, s.keys.replicaChannelPrefix(), r.payload, r.skip}}
 	}
 	for _, cmd := range evalAll(ctx, s.rdb, routeScript, calls) {
 		if err := cmd.Err(); err != nil {
@@ -407,8 +409,8 @@ func (s *Store) MarkRead(ctx context.Context, user, peer string, seq int64, orig
 	}
 	r, unread := strconv.FormatInt(st.Read, 10), strconv.FormatInt(st.Unread, 10)
 	if err := s.route(context.WithoutCancel(ctx),
-		route{[]string{peer, user}, append(receipt, r...)},
-		route{[]string{user}, append(append(append(badge, r...), '\t'), unread...)},
+		route{users: []string{peer, user}, payload: append(receipt, r...)},
+		route{users: []string{user}, payload: append(append(append(badge, r...), '\t'), unread...)},
 	); err != nil {
 		s.log.Warn("read stored, but its receipt was not delivered", "conv", conv, "user", user, "err", err)
 	}
