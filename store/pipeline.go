@@ -32,10 +32,10 @@ var ErrClosed = errors.New("store: closed")
 type batcher struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
-	// delay is the longest a send waits for company; 0: never.
-	delay time.Duration
 	// wait, when not nil, runs a batch and has replicas acknowledge it.
 	wait func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd
+	// pace decides how long a pipeline waits for company; the loop owns it.
+	pace pacer
 
 	start   sync.Once
 	calls   chan *batchCall
@@ -61,12 +61,15 @@ const (
 	queueLen = 4 * maxBatch
 )
 
-// newBatcher returns a batcher of script calls on rdb; wait, when not nil,
-// runs a batch instead, and has replicas acknowledge it (Store.evalWait).
+// newBatcher returns a batcher of script calls on rdb, whose sends wait up
+// to delay for company under load (0: never); wait, when not nil, runs a
+// batch instead, and has replicas acknowledge it (Store.evalWait).
 func newBatcher(rdb redis.UniversalClient, script *redis.Script, delay time.Duration,
 	wait func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd) *batcher {
-	return &batcher{rdb: rdb, script: script, delay: delay, wait: wait, calls: make(chan *batchCall, queueLen),
-		quit: make(chan struct{}), stopped: make(chan struct{})}
+	return &batcher{rdb: rdb, script: script, wait: wait,
+		pace:  pacer{delay: delay, window: rateWindow, start: time.Now()},
+		calls: make(chan *batchCall, queueLen),
+		quit:  make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // run queues one call and waits for its reply or for ctx.
@@ -100,7 +103,7 @@ func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, err
 func (b *batcher) loop() {
 	defer close(b.stopped)
 	batch := make([]*batchCall, 0, maxBatch)
-	p := pacer{delay: b.delay, start: time.Now()}
+	p := &b.pace
 	var timer *time.Timer
 	for {
 		select {
@@ -155,16 +158,17 @@ const (
 // pacer decides how long a pipeline waits for company, from the rate at
 // which sends have been arriving. The batcher's loop owns it.
 type pacer struct {
-	delay time.Duration // the longest a send waits; 0: never
-	start time.Time     // of the current window
-	sends int           // in the current window
-	rate  float64       // sends per second over the last window
+	delay  time.Duration // the longest a send waits; 0: never
+	window time.Duration // over which the rate is measured
+	start  time.Time     // of the current window
+	sends  int           // in the current window
+	rate   float64       // sends per second over the last window
 }
 
 // sent counts n sends going out at now.
 func (p *pacer) sent(n int, now time.Time) {
 	p.sends += n
-	if elapsed := now.Sub(p.start); elapsed >= rateWindow {
+	if elapsed := now.Sub(p.start); elapsed >= p.window {
 		p.rate = float64(p.sends) / elapsed.Seconds()
 		p.start, p.sends = now, 0
 	}

@@ -11,68 +11,63 @@ import (
 
 var echoScript = redis.NewScript(`return ARGV[1]`)
 
-// gate counts the script calls in each round trip to Redis and can hold
-// the first one until released.
-type gate struct {
-	mu      sync.Mutex
-	sizes   []int
-	hold    chan struct{} // nil: hold nothing
-	holding chan struct{} // closed once the first round trip is held
+// tripCounter counts the script calls in each round trip to Redis.
+type tripCounter struct {
+	mu    sync.Mutex
+	sizes []int
 }
 
-func (g *gate) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (g *tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (g *gate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (g *tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		return g.trip(ctx, []redis.Cmder{cmd}, func() error { return next(ctx, cmd) })
+		g.count([]redis.Cmder{cmd})
+		return next(ctx, cmd)
 	}
 }
 
-func (g *gate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (g *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		return g.trip(ctx, cmds, func() error { return next(ctx, cmds) })
+		g.count(cmds)
+		return next(ctx, cmds)
 	}
 }
 
-func (g *gate) trip(_ context.Context, cmds []redis.Cmder, next func() error) error {
+func (g *tripCounter) count(cmds []redis.Cmder) {
 	n := 0
 	for _, c := range cmds {
 		if c.Name() == "evalsha" || c.Name() == "eval" {
 			n++
 		}
 	}
-	if n == 0 {
-		return next()
+	if n > 0 {
+		g.mu.Lock()
+		g.sizes = append(g.sizes, n)
+		g.mu.Unlock()
 	}
-	g.mu.Lock()
-	g.sizes = append(g.sizes, n)
-	hold := g.hold
-	g.hold = nil
-	g.mu.Unlock()
-	if hold != nil {
-		close(g.holding)
-		<-hold
-	}
-	return next()
 }
 
-func (g *gate) trips() []int {
+func (g *tripCounter) trips() []int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return append([]int(nil), g.sizes...)
 }
 
-func gatedBatcher(t *testing.T, delay time.Duration) (*batcher, *gate) {
+// countedBatcher returns a batcher of echoScript with the given delay,
+// whose pacer sees sends arriving at rate a second, and the counter of its
+// round trips. The rate is fixed: its window never ends.
+func countedBatcher(t *testing.T, delay time.Duration, rate float64) (*batcher, *tripCounter) {
 	t.Helper()
 	f := newFixture(t, Config{})
 	c := f.r.NewClient(t, "", nil)
 	t.Cleanup(func() { c.Close() })
-	g := &gate{}
+	g := &tripCounter{}
 	c.AddHook(g)
 	if err := echoScript.Load(t.Context(), c).Err(); err != nil {
 		t.Fatal(err)
 	}
 	b := newBatcher(c, echoScript, delay, nil)
+	b.pace.rate, b.pace.window = rate, 24*time.Hour // before the loop starts, which owns it
 	t.Cleanup(b.close)
 	return b, g
 }
@@ -87,13 +82,42 @@ func runEcho(t *testing.T, b *batcher, arg string) {
 	}
 }
 
+// TestBatchSlowSendsAreNotHeld: at a rate too low to bring company within
+// the delay, each send goes out at once, though the delay is an hour.
+func TestBatchSlowSendsAreNotHeld(t *testing.T) {
+	t.Parallel()
+	b, g := countedBatcher(t, time.Hour, 1.0/3600)
+	for _, arg := range []string{"a", "b", "c"} {
+		runEcho(t, b, arg)
+	}
+	if got := g.trips(); len(got) != 3 {
+		t.Fatalf("round trips %v, want three of one send", got)
+	}
+}
+
+// TestBatchDelayGathersCompanyUnderLoad: while sends arrive fast, a send
+// waits for company, and one queued a moment after it shares its round
+// trip.
+func TestBatchDelayGathersCompanyUnderLoad(t *testing.T) {
+	t.Parallel()
+	b, g := countedBatcher(t, 2*time.Second, 1e6)
+	var wg sync.WaitGroup
+	wg.Go(func() { runEcho(t, b, "early") })
+	time.Sleep(100 * time.Millisecond)
+	runEcho(t, b, "late")
+	wg.Wait()
+	if got := g.trips(); len(got) != 1 || got[0] != 2 {
+		t.Fatalf("round trips %v, want one of both sends", got)
+	}
+}
+
 // TestPacerWaitsOnlyUnderLoad: a pipeline waits for company only while
 // sends arrive fast enough to bring minCompany others within the delay,
 // and never past the delay after its first send was queued.
 func TestPacerWaitsOnlyUnderLoad(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	const delay = 500 * time.Microsecond
-	p := pacer{delay: delay, start: t0}
+	p := pacer{delay: delay, window: rateWindow, start: t0}
 	if w := p.wait(t0, t0); w > 0 {
 		t.Fatalf("the first send waits %v", w)
 	}
@@ -127,45 +151,11 @@ func TestPacerWaitsOnlyUnderLoad(t *testing.T) {
 		t.Fatalf("after a quiet second a send waits %v (rate %.0f)", w, p.rate)
 	}
 	// With no delay, nothing ever waits.
-	p = pacer{start: t0}
+	p = pacer{window: rateWindow, start: t0}
 	for i := range 1000 {
 		p.sent(1, t0.Add(time.Duration(i)*time.Microsecond))
 	}
 	if w := p.wait(now, now); w > 0 {
 		t.Fatalf("with no delay a send waits %v", w)
-	}
-}
-
-// TestBatchDelayGathersCompanyUnderLoad: once sends have been arriving
-// fast, a send waits for company: one queued a moment after it shares its
-// round trip.
-func TestBatchDelayGathersCompanyUnderLoad(t *testing.T) {
-	t.Parallel()
-	b, g := gatedBatcher(t, 2*time.Second)
-	// Load: hold the first round trip while four more sends queue.
-	release := make(chan struct{})
-	g.hold, g.holding = release, make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { runEcho(t, b, "first") })
-	<-g.holding
-	for _, arg := range []string{"q1", "q2", "q3", "q4"} {
-		wg.Go(func() { runEcho(t, b, arg) })
-	}
-	for len(b.calls) < 4 {
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
-	wg.Wait()
-	if got := g.trips(); len(got) != 2 || got[0] != 1 || got[1] != 4 {
-		t.Fatalf("round trips %v, want [1 4]", got)
-	}
-	time.Sleep(2 * rateWindow) // five sends in a window: a rate that waits for company
-	// Now a send is held for company, and one queued 100 ms later joins it.
-	wg.Go(func() { runEcho(t, b, "early") })
-	time.Sleep(100 * time.Millisecond)
-	runEcho(t, b, "late")
-	wg.Wait()
-	if got := g.trips(); len(got) != 3 || got[2] != 2 {
-		t.Fatalf("round trips %v, want a third of both sends", got)
 	}
 }

@@ -16,6 +16,11 @@ import (
 	"github.com/chatd/chatd/store"
 )
 
+// maxBatchDelay bounds -redis-batch-delay: a longer wait would add more
+// latency than any saving is worth, and would make a trickle of sends count
+// as load.
+const maxBatchDelay = 10 * time.Millisecond
+
 // config is everything the serve command is told.
 type config struct {
 	addr        string
@@ -110,7 +115,7 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	// a default.
 	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL`, e.g. redis://127.0.0.1:6379/0, or a Redis Cluster's, with one addr parameter or more: redis://10.0.0.1:7000?addr=10.0.0.2:7000&addr=10.0.0.3:7000 (env REDIS_URL); empty starts an embedded in-memory Redis that keeps nothing")
 	fs.IntVar(&c.redisWait, "redis-wait", num("CHAT_REDIS_WAIT", 0), "answer sent (and read) only once this many Redis `replicas` have the write (Redis WAIT), so that it survives the loss of the master; fewer within -redis-wait-timeout: unavailable, which the client retries; 0 waits for none (env CHAT_REDIS_WAIT)")
-	fs.DurationVar(&c.batchDelay, "redis-batch-delay", dur("CHAT_REDIS_BATCH_DELAY", store.DefaultBatchDelay), "under load, how long a send may wait for others to share its pipeline to Redis, trading at most that much latency for less CPU per message; while sends are too few to bring several others in that time, none waits; 0: never (env CHAT_REDIS_BATCH_DELAY)")
+	fs.DurationVar(&c.batchDelay, "redis-batch-delay", dur("CHAT_REDIS_BATCH_DELAY", store.DefaultBatchDelay), "under load, how long a send may wait for others to share its pipeline to Redis (at most 10ms), trading about that much latency for less CPU per message; while sends are too few to bring several others in that time, none waits; 0: never (env CHAT_REDIS_BATCH_DELAY)")
 	fs.DurationVar(&c.waitTimeout, "redis-wait-timeout", dur("CHAT_REDIS_WAIT_TIMEOUT", store.DefaultWaitTimeout), "how long a write waits for its -redis-wait replicas (env CHAT_REDIS_WAIT_TIMEOUT)")
 	fs.StringVar(&c.secret, "secret", "", "HS256 `secret` that signs client tokens, at least 32 bytes (env CHAT_SECRET, which keeps it out of the process list); empty is dev mode: clients name themselves with ?user=")
 	fs.StringVar(&c.prefix, "prefix", env("CHAT_PREFIX", ""), "`prefix` for every Redis key and channel, for a Redis shared with other applications (env CHAT_PREFIX)")
@@ -175,8 +180,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return c, errors.New("no -secret and -addr " + c.addr + " is not loopback: dev mode lets anyone claim any user id, " +
 			"so it only listens on loopback; set -secret, or -dev-public to accept that risk")
 	}
-	if c.batchDelay < 0 {
-		return c, errors.New("-redis-batch-delay must be 0 or more")
+	if c.batchDelay < 0 || c.batchDelay > maxBatchDelay {
+		return c, fmt.Errorf("-redis-batch-delay must be from 0 to %v", maxBatchDelay)
 	}
 	if c.redisWait < 0 {
 		return c, errors.New("-redis-wait must be 0 or more")

@@ -105,12 +105,8 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 		metrics.RedisLatency.WithLabelValues(cmd).Observe(d.Seconds())
 	}))
 
-	batchDelay := cfg.batchDelay
-	if batchDelay == 0 {
-		batchDelay = -1 // never wait: the Config's zero is its default
-	}
 	st := store.New(rdb, store.Config{Prefix: cfg.prefix, Logger: log, Wait: cfg.redisWait, WaitTimeout: cfg.waitTimeout,
-		BatchDelay: batchDelay})
+		BatchDelay: storeBatchDelay(cfg.batchDelay)})
 	defer st.Close()
 	var h *hub.Hub // the tracker's lapses go to the hub, which needs the tracker
 	tracker, err := presence.New(presence.Config{Backend: st, Replica: cfg.replica, TTL: cfg.presenceTTL,
@@ -395,4 +391,13 @@ func openCluster(u *neturl.URL, client string) (redis.UniversalClient, string, f
 	}
 	name := u.Scheme + "://" + strings.Join(opt.Addrs, ",") + " (cluster)"
 	return redis.NewClusterClient(opt), name, func() {}, nil
+}
+
+// storeBatchDelay turns -redis-batch-delay into store.Config.BatchDelay,
+// whose zero is its default: the flag's 0, never wait, is negative there.
+func storeBatchDelay(flag time.Duration) time.Duration {
+	if flag == 0 {
+		return -1
+	}
+	return flag
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/internal/redistest"
+	"github.com/chatd/chatd/store"
 )
 
 // TestRedisWaitConfig: -redis-wait needs a Redis with replicas, which the
@@ -28,7 +29,8 @@ func TestRedisWaitConfig(t *testing.T) {
 		{[]string{"-redis-wait", "1", "-redis", "redis://127.0.0.1:1?addr=127.0.0.1:2", "-redis-wait-timeout", "3s"}, nil,
 			"half the Redis read timeout"},
 		{nil, map[string]string{"CHAT_REDIS_WAIT": "one"}, "CHAT_REDIS_WAIT"},
-		{[]string{"-redis-batch-delay", "-1ms"}, nil, "-redis-batch-delay must be 0 or more"},
+		{[]string{"-redis-batch-delay", "-1ms"}, nil, "-redis-batch-delay must be from 0 to 10ms"},
+		{nil, map[string]string{"CHAT_REDIS_BATCH_DELAY": "1s"}, "-redis-batch-delay must be from 0 to 10ms"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, tc.args...), func(k string) string { return tc.env[k] }, io.Discard, io.Discard)
@@ -85,5 +87,20 @@ func TestRedisWait(t *testing.T) {
 	write(t, b, `{"type":"ping","id":"p"}`)
 	if f := read(t, b); f["type"] != "pong" {
 		t.Fatalf("43 got %v before its pong: a message no replica acknowledged was delivered", f)
+	}
+}
+
+// -redis-batch-delay 0 turns the delay off; the store reads its zero as
+// the default.
+func TestBatchDelayFlag(t *testing.T) {
+	t.Parallel()
+	for flag, want := range map[time.Duration]time.Duration{0: -1, time.Millisecond: time.Millisecond} {
+		if got := storeBatchDelay(flag); got != want {
+			t.Errorf("storeBatchDelay(%v) = %v, want %v", flag, got, want)
+		}
+	}
+	c, err := parseConfig(nil, func(string) string { return "" }, io.Discard, io.Discard)
+	if err != nil || c.batchDelay != store.DefaultBatchDelay {
+		t.Errorf("default -redis-batch-delay = %v, %v; want %v", c.batchDelay, err, store.DefaultBatchDelay)
 	}
 }
