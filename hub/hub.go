@@ -280,9 +280,11 @@ func (h *Hub) sweep() {
 	}
 }
 
-// ServeHTTP upgrades an authenticated request to a WebSocket and returns;
-// a goroutine of the hub runs the socket until it closes (Shutdown waits
-// for it). Before the upgrade, failed authentication is 401 (400
+// ServeHTTP upgrades an authenticated request to a WebSocket, opens it
+// (its presence entry and the "ready" frame) and returns; a goroutine of
+// the hub runs the socket until it closes (Shutdown waits for it). If Redis
+// fails the opening, the socket is closed with 1013 before ServeHTTP
+// returns. Before the upgrade, failed authentication is 401 (400
 // for a request naming two users), a foreign browser origin 403, a user
 // over its connect rate or its socket cap 429 with Retry-After, and a
 // draining or full replica 503 (where trying another replica is right).
