@@ -296,7 +296,7 @@ func (c *conn) open(ctx context.Context) (string, bool) {
 	id, err := h.cfg.Presence.Add(opCtx, c.user)
 	opCancel()
 	if err != nil {
-		h.log.Error("presence add failed", "user", c.user, "err", err)
+		h.logStoreFailure("presence add", c.user, err)
 		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
 		c.ws.CloseNow()
 		return "", false
@@ -316,7 +316,7 @@ func (c *conn) open(ctx context.Context) (string, bool) {
 		}
 		wcancel()
 	} else {
-		h.log.Error("unread failed", "user", c.user, "err", err)
+		h.logStoreFailure("unread", c.user, err)
 		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
 		c.ws.CloseNow()
 		c.removePresence(ctx, id)
@@ -696,7 +696,7 @@ func (c *conn) storeFailed(id, what string, err error) {
 	case errors.Is(err, chat.ErrInvalid):
 		c.fail(id, CodeBadRequest, err.Error())
 	default:
-		c.h.log.Error(what+" failed", "user", c.user, "err", err)
+		c.h.logStoreFailure(what, c.user, err)
 		c.fail(id, CodeUnavailable, what+" failed: storage unavailable, retry with the same id")
 	}
 }

@@ -159,6 +159,11 @@ type Hub struct {
 	draining atomic.Bool
 	wg       sync.WaitGroup
 	resync   chan struct{} // a pending resync request for Run
+
+	// storeErrs paces the log lines of failed Store calls; storeErrsQuiet
+	// counts those left out since the last line.
+	storeErrs      *rate.Limiter
+	storeErrsQuiet atomic.Int64
 }
 
 // New returns a Hub.
@@ -219,7 +224,25 @@ func New(cfg Config) *Hub {
 		watchers:  map[string]map[*conn]struct{}{},
 		sweepStop: make(chan struct{}, 1),
 		resync:    make(chan struct{}, 1),
+		storeErrs: rate.NewLimiter(storeErrLogRate, storeErrLogBurst),
 	}
+}
+
+// A Redis outage fails every request at once: its failures are logged at
+// most storeErrLogRate times a second after a burst, each line saying how
+// many were left out since the one before (the metrics count them all).
+const (
+	storeErrLogRate  = 1
+	storeErrLogBurst = 5
+)
+
+// logStoreFailure logs a failed Store call, paced by storeErrs.
+func (h *Hub) logStoreFailure(what, user string, err error) {
+	if !h.storeErrs.Allow() {
+		h.storeErrsQuiet.Add(1)
+		return
+	}
+	h.log.Error(what+" failed", "user", user, "err", err, "not_logged_since", h.storeErrsQuiet.Swap(0))
 }
 
 // maxPooledBuf is the largest read buffer kept for reuse.
