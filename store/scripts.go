@@ -146,18 +146,27 @@ end
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
 var sendScript = redis.NewScript(luaRoute + luaPositions + `
-local prev = redis.call('GET', KEYS[3])
-if prev then
-  local conv, seq = string.match(prev, '^(%S+) (%d+)$')
-  if conv then
-    local list = ARGV[8] .. conv
-    local n = redis.call('LLEN', list)
-    local el = redis.call('LINDEX', list, n - tonumber(seq))
-    return {0, conv, tonumber(seq), el or ''}
-  end
-end
 local from, to = ARGV[9], ARGV[10]
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
+-- The idempotency key is recorded in the same call that finds an earlier
+-- one; then the element goes back, and the earlier message is the answer.
+local record = ARGV[2] .. ' ' .. seq
+local prev = redis.pcall('SET', KEYS[3], record, 'NX', 'GET', 'PX', ARGV[4])
+if type(prev) == 'table' and prev.err then
+  redis.call('LPOP', KEYS[1]) -- nothing half-written
+  return prev
+end
+if prev then
+  local conv, pseq = string.match(prev, '^(%S+) (%d+)$')
+  if conv then
+    redis.call('LPOP', KEYS[1])
+    local list = ARGV[8] .. conv
+    local n = redis.call('LLEN', list)
+    local el = redis.call('LINDEX', list, n - tonumber(pseq))
+    return {0, conv, tonumber(pseq), el or ''}
+  end
+  redis.call('SET', KEYS[3], record, 'PX', ARGV[4]) -- not a record of ours: replaced
+end
 local n = seq - 1
 local _, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
 if to == from then
@@ -172,7 +181,6 @@ if route(set, KEYS[6], now, ARGV[12]) == 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 end
 route(set, KEYS[7], now, ARGV[12])
-redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. seq, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
 if ARGV[11] ~= '1' then publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7]) end

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -264,6 +265,29 @@ func TestSendInvalidWritesNothing(t *testing.T) {
 	f.send(t, "23", "43", "x")
 	if ks := f.keysUnder(t); !slices.Contains(ks, strings.TrimPrefix(f.convKey("43-23"), f.r.Prefix)) {
 		t.Fatalf("keys after a valid send = %q, want 43-23 among them", ks)
+	}
+}
+
+// TestSendOnABrokenIdempotencyKeyWritesNothing: the script stores the
+// element before it records the client id; when the record cannot be
+// written (its key holds a hash), the element goes back and the send
+// fails as a whole.
+func TestSendOnABrokenIdempotencyKeyWritesNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	if f.cluster() {
+		t.Skip("about the single Redis's send script")
+	}
+	f.send(t, "23", "43", "first")
+	if err := f.r.Client.HSet(f.ctx, f.k.idem("23", "c1"), "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := f.dump(t)
+	if _, _, err := f.s.Send(f.ctx, chat.SendRequest{From: "23", To: "43", Text: "second", ClientID: "c1"}); err == nil {
+		t.Fatal("a send whose idempotency key holds a hash succeeded")
+	}
+	if after := f.dump(t); !maps.Equal(after, before) {
+		t.Fatalf("the failed send changed Redis:\n before %v\n after  %v", before, after)
 	}
 }
 
