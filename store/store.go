@@ -165,7 +165,8 @@ func (s *Store) Ping(ctx context.Context) error {
 // live connection, records the idempotency key, updates both inboxes and
 // publishes the message to the replicas of both users' sockets (but
 // req.Origin, the sending socket), in one atomic step. A repeated (sender,
-// client id) returns the first message with dup true and writes nothing.
+// client id) returns the first message with dup true and leaves nothing
+// written (the script pushes its element and pops it back).
 //
 // With Config.Wait, the message is published only once replicas have
 // acknowledged it, by a call of its own, and a repeated send publishes it

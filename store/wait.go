@@ -23,9 +23,9 @@ import (
 // So a write that waits is a pipeline on one connection to the master:
 // the scripts, then a fence, then WAIT. The fence (SET of keys.fence, in
 // the scripts' slot on a cluster) is there because a script does not
-// always write: a repeated send finds its idempotency record and returns
-// the message an earlier attempt stored, perhaps on another connection
-// whose WAIT timed out. WAIT on this connection would cover only the
+// always leave a write of its own: a repeated send finds its idempotency
+// record and returns the message an earlier attempt stored, perhaps on
+// another connection whose WAIT timed out. WAIT on this connection would cover only the
 // writes made on it, and could say yes while that message is still only
 // on the master. The fence is a write on this connection after every
 // script of the pipeline has run, so it comes after, in the master's one
