@@ -1,18 +1,17 @@
 package hub_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
+	"github.com/chatd/chatd/internal/logbuf"
 )
 
 // downStore is a Store whose Send fails as on a Redis outage.
@@ -22,23 +21,10 @@ func (downStore) Send(context.Context, chat.SendRequest) (chat.Message, bool, er
 	return chat.Message{}, false, errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
 }
 
-// syncBuf is a log destination safe for concurrent writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) lines(substr string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// logLines returns the lines of logs that hold substr.
+func logLines(logs *logbuf.Buffer, substr string) []string {
 	var out []string
-	for _, l := range strings.Split(s.b.String(), "\n") {
+	for _, l := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(l, substr) {
 			out = append(out, l)
 		}
@@ -51,7 +37,7 @@ func (s *syncBuf) lines(substr string) []string {
 // how many were left out.
 func TestOutageIsNotLoggedPerRequest(t *testing.T) {
 	t.Parallel()
-	var logs syncBuf
+	var logs logbuf.Buffer
 	r := newCluster(t).replica("a", withHub(func(c *hub.Config) {
 		c.Store = downStore{c.Store}
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -65,7 +51,7 @@ func TestOutageIsNotLoggedPerRequest(t *testing.T) {
 			t.Fatalf("send %d during the outage: %v", i, f)
 		}
 	}
-	logged := len(logs.lines("send failed"))
+	logged := len(logLines(&logs, "send failed"))
 	if logged == 0 || logged > sends/4 {
 		t.Fatalf("%d of %d failed sends logged, want a few", logged, sends)
 	}
@@ -75,7 +61,7 @@ func TestOutageIsNotLoggedPerRequest(t *testing.T) {
 	if f := c.call(map[string]any{"type": "send", "to": "43", "text": "x", "id": "late"}); f["code"] != "unavailable" {
 		t.Fatalf("late send: %v", f)
 	}
-	lines := logs.lines("send failed")
+	lines := logLines(&logs, "send failed")
 	if len(lines) != logged+1 {
 		t.Fatalf("after a second, %d lines logged, want %d", len(lines), logged+1)
 	}

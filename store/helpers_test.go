@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/internal/logbuf"
 	"github.com/chatd/chatd/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -38,22 +38,7 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 // logBuf collects what a Store logs, for tests that expect a warning.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type logBuf = logbuf.Buffer
 
 // fixture is one test's Redis and a Store over it, with a controllable clock.
 type fixture struct {
