@@ -107,15 +107,21 @@ func TestNonReaderAskingHistoryIsBoundedInBytes(t *testing.T) {
 			break
 		}
 		if overAt.IsZero() {
-			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			// A write whose context expires closes the client's socket
+			// (coder/websocket), so the bound is generous: a stall of the
+			// test's own goroutine must not look like the server's close.
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			_ = v.Write(ctx, websocket.MessageText, frame)
 			cancel()
 		}
 		time.Sleep(50 * time.Millisecond) // 20 frames a second: the default rate limit
 	}
 	growth := stopWatch()
-	if overAt.IsZero() || closedAt.IsZero() {
+	switch {
+	case closedAt.IsZero():
 		t.Fatalf("a client that never reads was still connected after 20 s (over its bound: %v)", !overAt.IsZero())
+	case overAt.IsZero():
+		t.Fatalf("the socket ended after %v, but not as a slow consumer", closedAt.Sub(start).Round(time.Millisecond))
 	}
 	t.Logf("over its bound after %v, closed %v later; heap grew at most %.1f MiB",
 		overAt.Sub(start).Round(time.Millisecond), closedAt.Sub(overAt).Round(time.Millisecond), float64(growth)/(1<<20))
