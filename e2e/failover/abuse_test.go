@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -23,11 +22,7 @@ import (
 // replica, or a status nginx lists in proxy_next_upstream) would take
 // every replica out of the balancer in turn, and everyone would get 502.
 func TestOneUserOverItsCap(t *testing.T) {
-	if os.Getenv("CHATD_E2E") == "" {
-		t.Skip("set CHATD_E2E=1 to run the multi-replica tests (needs redis-server and nginx)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
+	ctx, _, _ := e2eStart(t, "the multi-replica tests", 3*time.Minute)
 	names := []string{"chatd-a", "chatd-b", "chatd-c"}
 	root, tmp, logDir := workspace(t, append([]string{"redis", "nginx"}, names...)...)
 
@@ -35,23 +30,8 @@ func TestOneUserOverItsCap(t *testing.T) {
 	redisAddr, _ := startRedis(ctx, t, filepath.Join(tmp, "redis"), logDir)
 	secret := randomSecret(t)
 	const perUser = 2
-	ports := map[string]int{}
-	for _, name := range names {
-		port := freePort(t)
-		r := &replica{name: name, port: port, argv: []string{
-			bin,
-			"-addr", fmt.Sprintf("127.0.0.1:%d", port),
-			"-redis", "redis://" + redisAddr + "/0",
-			"-secret", secret,
-			"-replica", name,
-			"-max-conns-per-user", strconv.Itoa(perUser),
-			"-drain-delay", "0s",
-			"-drain-window", "1s",
-		}}
-		r.start(t, tmp, logDir)
-		r.waitReady(ctx, t, bin, 15*time.Second)
-		ports[name] = port
-	}
+	_, ports := startReplicas(ctx, t, bin, tmp, logDir, "redis://"+redisAddr+"/0", secret, names,
+		"-max-conns-per-user", strconv.Itoa(perUser), "-drain-delay", "0s", "-drain-window", "1s")
 	_, lbPort := startNginx(ctx, t, root, filepath.Join(tmp, "nginx"), logDir, ports)
 	lb := fmt.Sprintf("ws://127.0.0.1:%d", lbPort)
 	// The replicas serve /metrics on -addr here: the balancer refuses it.

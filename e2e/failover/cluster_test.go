@@ -53,16 +53,7 @@ func TestClusterFailoverNoWait(t *testing.T) {
 }
 
 func clusterFailover(t *testing.T, wait bool) {
-	if os.Getenv("CHATD_E2E") == "" {
-		t.Skip("set CHATD_E2E=1 to run the Redis Cluster failover test (needs redis-server and nginx)")
-	}
-	began := time.Now()
-	logf := func(format string, args ...any) {
-		t.Helper()
-		t.Logf("[%5.1fs] "+format, append([]any{time.Since(began).Seconds()}, args...)...)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
+	ctx, logf, began := e2eStart(t, "the Redis Cluster failover test", 3*time.Minute)
 
 	names := []string{"chatd-a", "chatd-b", "chatd-c"}
 	root, tmp, logDir := workspace(t, append([]string{"nginx"}, names...)...)
@@ -71,28 +62,11 @@ func clusterFailover(t *testing.T, wait bool) {
 	logf("redis cluster on 127.0.0.1:%d-%d", cl.from, cl.from+5)
 
 	secret := randomSecret(t)
-	ports := map[string]int{}
-	replicas := map[string]*replica{}
-	for _, name := range names {
-		port := freePort(t)
-		argv := []string{bin,
-			"-addr", fmt.Sprintf("127.0.0.1:%d", port),
-			"-redis", cl.url,
-			"-secret", secret,
-			"-replica", name,
-			"-drain-delay", "1s",
-			"-drain-window", "3s",
-		}
-		if wait {
-			argv = append(argv, "-redis-wait", "1")
-		}
-		r := &replica{name: name, port: port, argv: argv}
-		r.start(t, tmp, logDir)
-		ports[name], replicas[name] = port, r
+	flags := []string{"-drain-delay", "1s", "-drain-window", "3s"}
+	if wait {
+		flags = append(flags, "-redis-wait", "1")
 	}
-	for _, name := range names {
-		replicas[name].waitReady(ctx, t, bin, 15*time.Second)
-	}
+	_, ports := startReplicas(ctx, t, bin, tmp, logDir, cl.url, secret, names, flags...)
 	_, lbPort := startNginx(ctx, t, root, filepath.Join(tmp, "nginx"), logDir, ports)
 	lbWS := fmt.Sprintf("ws://127.0.0.1:%d", lbPort)
 	logf("replicas %v behind nginx on %d (-redis-wait %v)", ports, lbPort, map[bool]int{true: 1}[wait])

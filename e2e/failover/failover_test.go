@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -31,16 +30,7 @@ const (
 // message reaches its recipient once, that presence forgets the dead
 // replica's users and that unread counts are exact.
 func TestFailover(t *testing.T) {
-	if os.Getenv("CHATD_E2E") == "" {
-		t.Skip("set CHATD_E2E=1 to run the multi-replica failover test (needs redis-server and nginx)")
-	}
-	began := time.Now()
-	logf := func(format string, args ...any) {
-		t.Helper()
-		t.Logf("[%5.1fs] "+format, append([]any{time.Since(began).Seconds()}, args...)...)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	t.Cleanup(cancel)
+	ctx, logf, began := e2eStart(t, "the multi-replica failover test", 4*time.Minute)
 
 	root, tmp, logDir := workspace(t, "redis", "chatd-a", "chatd-b", "chatd-c", "nginx")
 
@@ -51,25 +41,8 @@ func TestFailover(t *testing.T) {
 
 	secret := randomSecret(t)
 
-	replicas := map[string]*replica{}
-	ports := map[string]int{}
-	for _, name := range []string{"chatd-a", "chatd-b", "chatd-c"} {
-		port := freePort(t)
-		replicas[name] = &replica{name: name, port: port, argv: []string{
-			bin,
-			"-addr", fmt.Sprintf("127.0.0.1:%d", port),
-			"-redis", "redis://" + redisAddr + "/0",
-			"-secret", secret,
-			"-replica", name,
-			"-drain-delay", "1s",
-			"-drain-window", "3s",
-		}}
-		ports[name] = port
-		replicas[name].start(t, tmp, logDir)
-	}
-	for _, name := range []string{"chatd-a", "chatd-b", "chatd-c"} {
-		replicas[name].waitReady(ctx, t, bin, 15*time.Second)
-	}
+	replicas, ports := startReplicas(ctx, t, bin, tmp, logDir, "redis://"+redisAddr+"/0", secret,
+		[]string{"chatd-a", "chatd-b", "chatd-c"}, "-drain-delay", "1s", "-drain-window", "3s")
 	logf("replicas ready: %v", ports)
 
 	_, lbPort := startNginx(ctx, t, root, filepath.Join(tmp, "nginx"), logDir, ports)

@@ -260,6 +260,49 @@ func (r *replica) url(path string) string {
 }
 
 // start (re)starts the replica's process.
+// e2eStart skips the test unless CHATD_E2E is set (what says what it
+// needs), and returns its context, which ends after timeout, a logger that
+// stamps each line with the time since the start, and the start.
+func e2eStart(t *testing.T, what string, timeout time.Duration) (context.Context, func(string, ...any), time.Time) {
+	t.Helper()
+	if os.Getenv("CHATD_E2E") == "" {
+		t.Skip("set CHATD_E2E=1 to run " + what + " (needs redis-server and nginx)")
+	}
+	began := time.Now()
+	logf := func(format string, args ...any) {
+		t.Helper()
+		t.Logf("[%5.1fs] "+format, append([]any{time.Since(began).Seconds()}, args...)...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return ctx, logf, began
+}
+
+// startReplicas starts a chatd replica of bin per name on redisURL, each on
+// a port of its own, with secret and the extra flags, and waits until all
+// are ready. It returns them and their ports, by name.
+func startReplicas(ctx context.Context, t *testing.T, bin, dir, logDir, redisURL, secret string, names []string,
+	extra ...string) (map[string]*replica, map[string]int) {
+	t.Helper()
+	replicas, ports := map[string]*replica{}, map[string]int{}
+	for _, name := range names {
+		port := freePort(t)
+		argv := append([]string{bin,
+			"-addr", fmt.Sprintf("127.0.0.1:%d", port),
+			"-redis", redisURL,
+			"-secret", secret,
+			"-replica", name,
+		}, extra...)
+		r := &replica{name: name, port: port, argv: argv}
+		r.start(t, dir, logDir)
+		replicas[name], ports[name] = r, port
+	}
+	for _, name := range names {
+		replicas[name].waitReady(ctx, t, bin, 15*time.Second)
+	}
+	return replicas, ports
+}
+
 func (r *replica) start(t *testing.T, dir, logDir string) {
 	t.Helper()
 	r.proc = startProc(t, r.name, dir, logDir, cleanEnv(r.env...), r.argv...)
