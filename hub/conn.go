@@ -307,17 +307,14 @@ func (c *conn) open(ctx context.Context) (string, bool) {
 	opCancel()
 	if err == nil {
 		wctx, wcancel := context.WithTimeout(ctx, h.cfg.WriteTimeout)
-		if werr := c.ws.Write(wctx, websocket.MessageText,
-			encode(readyFrame{Type: "ready", User: c.user, Replica: h.cfg.Replica, Unread: unread})); werr != nil {
-			wcancel()
-			c.ws.CloseNow()
-			c.removePresence(ctx, id)
-			return "", false
-		}
+		err = c.ws.Write(wctx, websocket.MessageText,
+			encode(readyFrame{Type: "ready", User: c.user, Replica: h.cfg.Replica, Unread: unread}))
 		wcancel()
 	} else {
 		h.logStoreFailure("unread", c.user, err)
 		c.ws.Close(websocket.StatusTryAgainLater, "unavailable: try again")
+	}
+	if err != nil {
 		c.ws.CloseNow()
 		c.removePresence(ctx, id)
 		return "", false
