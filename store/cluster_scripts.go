@@ -54,8 +54,10 @@ end
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
 local _, rt = positions(KEYS[2], KEYS[1], seq - 1, from, to, 1)
 if to == from then rt = seq end
-redis.call('HSET', KEYS[2], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
-redis.call('SET', KEYS[3], seq, 'PX', ARGV[2])
+-- Numbers are turned into text once (see sendScript).
+local sseq = tostring(seq)
+redis.call('HSET', KEYS[2], 'len', sseq, 'r:' .. from, sseq, 'r:' .. to, tostring(rt))
+redis.call('SET', KEYS[3], sseq, 'PX', ARGV[2])
 return {1, seq, seq, seq, rt, ''}
 `)
 

@@ -146,11 +146,14 @@ end
 // Returns {1, seq} for a new message, or {0, conv, seq, element} when the
 // idempotency key names an earlier one.
 var sendScript = redis.NewScript(luaRoute + luaPositions + `
-local from, to = ARGV[9], ARGV[10]
+local from, to, now = ARGV[9], ARGV[10], ARGV[3]
 local seq = redis.call('LPUSH', KEYS[1], ARGV[1])
+-- Numbers are turned into text once: Redis formats every number passed to
+-- redis.call with printf, which costs more than the command itself.
+local sseq = tostring(seq)
 -- The idempotency key is recorded in the same call that finds an earlier
 -- one; then the element goes back, and the earlier message is the answer.
-local record = ARGV[2] .. ' ' .. seq
+local record = ARGV[2] .. ' ' .. sseq
 local prev = redis.pcall('SET', KEYS[3], record, 'NX', 'GET', 'PX', ARGV[4])
 if type(prev) == 'table' and prev.err then
   redis.call('LPOP', KEYS[1]) -- nothing half-written
@@ -170,12 +173,12 @@ end
 local n = seq - 1
 local _, rt = positions(KEYS[8], KEYS[1], n, from, to, KEYS[9], KEYS[2], ARGV[2], 1)
 if to == from then
-  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq)
+  redis.call('HSET', KEYS[8], 'len', sseq, 'r:' .. from, sseq)
 else
-  redis.call('HSET', KEYS[8], 'len', seq, 'r:' .. from, seq, 'r:' .. to, rt)
-  redis.call('HSETNX', KEYS[10], ARGV[2], rt .. ' ' .. seq)
+  local srt = tostring(rt)
+  redis.call('HSET', KEYS[8], 'len', sseq, 'r:' .. from, sseq, 'r:' .. to, srt)
+  redis.call('HSETNX', KEYS[10], ARGV[2], srt .. ' ' .. sseq)
 end
-local now = tonumber(ARGV[3])
 local set = {}
 if route(set, KEYS[6], now, ARGV[12]) == 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -183,7 +186,7 @@ end
 route(set, KEYS[7], now, ARGV[12])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-if ARGV[11] ~= '1' then publish(set, ARGV[5], ARGV[6] .. seq .. ARGV[7]) end
+if ARGV[11] ~= '1' then publish(set, ARGV[5], ARGV[6] .. sseq .. ARGV[7]) end
 return {1, seq}
 `)
 
