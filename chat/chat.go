@@ -164,7 +164,8 @@ type Message struct {
 type SendRequest struct {
 	From, To, Text string
 	// ClientID makes the send idempotent per sender. When empty a random one
-	// is assigned before the call, so a retried command cannot store twice.
+	// is assigned before the call, so a retried command cannot store twice;
+	// its record is kept for a minute, not for the idempotency TTL.
 	ClientID string
 	// Origin is the sending connection's presence member; it is left out of
 	// live delivery (it gets the reply instead). May be empty.

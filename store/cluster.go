@@ -173,12 +173,12 @@ func (c *cluster) publish(ctx context.Context, pubs []publication) error {
 // first message with dup true, and runs steps 2 and 3 again, with the
 // conversation as it is now: that repairs what a failure between the
 // steps left behind (an inbox entry, an unread hint), and delivers the
-// message again.
-func (s *Store) clusterSend(ctx context.Context, req chat.SendRequest, conv string, ts float64, tsText []byte) (chat.Message, bool, error) {
+// message again. idemMS is how long the client id is remembered.
+func (s *Store) clusterSend(ctx context.Context, req chat.SendRequest, conv string, ts float64, tsText []byte, idemMS int64) (chat.Message, bool, error) {
 	k := s.cl.keys
 	reply, err := s.sends.run(ctx,
 		[]string{k.conv(conv), k.read(conv), k.idem(conv, req.From, req.ClientID)},
-		encodeElement(req.From, req.To, req.Text, tsText), s.idemMS, req.From, req.To)
+		encodeElement(req.From, req.To, req.Text, tsText), idemMS, req.From, req.To)
 	if err != nil {
 		return chat.Message{}, false, fmt.Errorf("send %s: %w", conv, err)
 	}

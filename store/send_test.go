@@ -229,6 +229,22 @@ func TestSendWithoutClientIDStoresEach(t *testing.T) {
 	if n := f.llen(t, "43-23"); n != 3 {
 		t.Fatalf("list length %d, want 3", n)
 	}
+	// Each send still has a record, against a retry of the command, but
+	// one kept for a minute, not for the day a client's id is kept.
+	records := 0
+	for _, k := range f.keysUnder(t) {
+		if !strings.Contains(k, "idem") {
+			continue
+		}
+		records++
+		ttl, err := f.r.Client.PTTL(f.ctx, f.r.Prefix+k).Result()
+		if err != nil || ttl <= 0 || ttl > generatedIDTTL {
+			t.Errorf("PTTL %s = %v, %v; want at most %v", k, ttl, err, generatedIDTTL)
+		}
+	}
+	if records != 3 {
+		t.Fatalf("%d idempotency records, want 3", records)
+	}
 }
 
 func TestSendInvalidWritesNothing(t *testing.T) {

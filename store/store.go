@@ -183,8 +183,12 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 	if err := chat.ValidateText(req.Text); err != nil {
 		return chat.Message{}, false, err
 	}
+	idemMS := s.idemMS
 	if req.ClientID == "" {
+		// Only a retry of the same command can repeat a generated id: its
+		// record need not outlive go-redis's retries by much.
 		req.ClientID = "~" + randomID()
+		idemMS = min(idemMS, generatedIDTTL.Milliseconds())
 	} else if err := chat.ValidateClientID(req.ClientID); err != nil {
 		return chat.Message{}, false, err
 	}
@@ -192,7 +196,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 	now := s.now()
 	ts, tsText := formatTime(now)
 	if s.cl != nil {
-		return s.clusterSend(ctx, req, conv, ts, tsText)
+		return s.clusterSend(ctx, req, conv, ts, tsText, idemMS)
 	}
 	head, tail := messagePayload(conv, req, now, tsText)
 	later := ""
@@ -207,7 +211,7 @@ func (s *Store) Send(ctx context.Context, req chat.SendRequest) (msg chat.Messag
 			s.keys.read(conv), s.keys.unread(req.From),
 			s.keys.unreadIndex(req.To),
 		},
-		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), s.idemMS,
+		encodeElement(req.From, req.To, req.Text, tsText), conv, now.UnixMilli(), idemMS,
 		s.keys.replicaChannelPrefix(), head, tail, s.keys.prefix, req.From, req.To, later, req.Origin,
 	)
 	if err != nil {
@@ -283,6 +287,10 @@ func validatePair(a, b string) error {
 	}
 	return chat.ValidateUser(b)
 }
+
+// generatedIDTTL is how long the record of a send without a client id, whose
+// id the store generated, is kept.
+const generatedIDTTL = time.Minute
 
 func randomID() string {
 	var b [16]byte
