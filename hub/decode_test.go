@@ -128,7 +128,7 @@ func TestDecodeFrameKnowsEveryField(t *testing.T) {
 	for i := range typ.NumField() {
 		key := strings.Split(typ.Field(i).Tag.Get("json"), ",")[0]
 		bit, dst, want := f.field(key)
-		if bit == 0 || dst == nil || want == "" {
+		if bit == 0 || dst == nil || want == "" || knownKey([]byte(key)) != key {
 			t.Errorf("inFrame.%s (%q) is unknown to the decoder", typ.Field(i).Name, key)
 			continue
 		}
@@ -168,6 +168,30 @@ var decodeSamples = []string{
 	`{"type":"send","text":"\ud83d\ude86 <&>"}`,
 	"{\n\t\"type\" :\r\n \"ping\" , \"id\" : \"x\"\n}",
 	`{"a":[],"b":{},"c":"","d":true,"e":false,"f":-1.5e3,"type":"ping"}`,
+	`{"type":"history","before":01}`, `{"type":"history","before":-}`, `{"type":"history","before":-0}`,
+	`{"type":"history","before":1e3}`, `{"type":"history","before":123456789012345678}`,
+	`{"type":"history","before":1234567890123456789}`, `{"type":"history","limit":99999999999999999999}`,
+	`{"type":"read","seq":-7,"peek":false}`, `{"type":"history","peek":truex}`, `{"type":"history","peek":tru}`,
+	`{"type":"ping",}`, `{"type":"ping"}}`, `{"type":"ping"}x`, `{"type" "ping"}`, `{"type":"ping" "id":"x"}`,
+	"{\"type\":\"send\",\"text\":\"a\tb\"}", `{"type":"send","text":"a\tb"}`, `{"type":"send","text":"",`,
+	`{"type":"send","text":"café 🚆"}`, `{"type":"ping","id":7}`, `{"type":"ping","watch":"true"}`,
+}
+
+// TestScanFlatReadsCommonFrames: the frames clients send most are read by
+// the flat scanner, to the same result as the token decoder.
+func TestScanFlatReadsCommonFrames(t *testing.T) {
+	for _, in := range []string{
+		`{"type":"send","to":"43","text":"hi there 🚆","id":"c1"}`,
+		` { "id" : "c2" , "type" : "history" , "with" : "43" , "before" : 120 , "limit" : 50 , "peek" : true } `,
+		`{"type":"read","with":"43","seq":57,"id":"c3"}`,
+		`{"type":"typing","to":"43"}`, `{"type":"ping"}`, `{}`,
+	} {
+		got, ok := scanFlat([]byte(in))
+		want, err := decodeTokens([]byte(in))
+		if !ok || err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: scanFlat %+v, %v; token decoder %+v, %v", in, got, ok, want, err)
+		}
+	}
 }
 
 // TestDecodeFrameFastPathAgrees: decodeFrame, whatever path it takes,
