@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,24 +25,31 @@ var ErrClosed = errors.New("store: closed")
 // carries several sends: at a few thousand sends a second, most of
 // Redis's time per send is spent on those. At a lower rate nothing waits.
 //
-// One goroutine, started by the first send and stopped by close, runs the
-// pipelines; the queue is bounded (a caller waits for room, or for its
-// context). With Config.Wait, a pipeline ends with one fence and one WAIT
-// for all its sends (see wait.go), so waiting for replicas costs a batch,
-// not each send, one replica round trip.
+// The callers run the pipelines themselves, one at a time: a caller whose
+// send is queued waits for its reply or for the lead, and the one that
+// takes the lead runs a pipeline of what is queued, its own send or
+// others', then passes the lead on. A send that finds nothing in flight so
+// goes out on its caller's goroutine, with no hand-off to another and back.
+// The queue is bounded (a caller waits for room, or for its context). With
+// Config.Wait, a pipeline ends with one fence and one WAIT for all its
+// sends (see wait.go), so waiting for replicas costs a batch, not each
+// send, one replica round trip.
 type batcher struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
 	// wait, when not nil, runs a batch and has replicas acknowledge it.
 	wait func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd
-	// pace decides how long a pipeline waits for company; the loop owns it.
-	pace pacer
 
-	start   sync.Once
-	calls   chan *batchCall
-	quit    chan struct{} // closed by close
-	stopped chan struct{} // closed when the loop has ended
-	stop    sync.Once
+	// lead holds a value while a caller runs a pipeline; close takes it
+	// for good. Its holder owns pace, batch and timer.
+	lead  chan struct{}
+	pace  pacer // how long a pipeline waits for company
+	batch []*batchCall
+	timer *time.Timer
+
+	calls chan *batchCall
+	quit  chan struct{} // closed by close
+	stop  sync.Once
 }
 
 // batchCall is one queued script call and, once done is closed, its reply.
@@ -50,10 +58,19 @@ type batchCall struct {
 	queued time.Time // when run queued it
 	keys   []string
 	args   []any
-	res    any
-	err    error
-	done   chan struct{}
+	// state is queued, then taken by a pipeline or given up by its caller.
+	state atomic.Int32
+	res   any
+	err   error
+	done  chan struct{}
 }
+
+// batchCall states.
+const (
+	callQueued int32 = iota
+	callTaken
+	callGivenUp
+)
 
 // maxBatch bounds one pipeline; queueLen bounds the calls waiting for one.
 const (
@@ -67,14 +84,19 @@ const (
 func newBatcher(rdb redis.UniversalClient, script *redis.Script, delay time.Duration,
 	wait func(ctx context.Context, script *redis.Script, calls []call) []*redis.Cmd) *batcher {
 	return &batcher{rdb: rdb, script: script, wait: wait,
+		lead:  make(chan struct{}, 1),
 		pace:  pacer{delay: delay, window: rateWindow, start: time.Now()},
+		batch: make([]*batchCall, 0, maxBatch),
 		calls: make(chan *batchCall, queueLen),
-		quit:  make(chan struct{}), stopped: make(chan struct{})}
+		quit:  make(chan struct{})}
 }
 
-// run queues one call and waits for its reply or for ctx.
+// run queues one call and waits for its reply or for ctx, running
+// pipelines while it holds the lead.
 func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, error) {
-	b.start.Do(func() { go b.loop() })
+	if b.closed() {
+		return nil, ErrClosed
+	}
 	c := &batchCall{ctx: ctx, queued: time.Now(), keys: keys, args: args, done: make(chan struct{})}
 	select {
 	case b.calls <- c:
@@ -83,66 +105,103 @@ func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, err
 	case <-b.quit:
 		return nil, ErrClosed
 	}
-	select {
-	case <-c.done:
-		return c.res, c.err
-	case <-ctx.Done():
-		// The call may still run; its idempotency key makes a retry safe.
-		return nil, ctx.Err()
-	case <-b.stopped:
+	for {
 		select {
 		case <-c.done:
 			return c.res, c.err
 		default:
-			return nil, ErrClosed
+		}
+		select {
+		case <-c.done:
+			return c.res, c.err
+		case b.lead <- struct{}{}:
+			b.drive()
+			<-b.lead
+		case <-ctx.Done():
+			// Unless a pipeline has taken it, it will not run; if one
+			// has, it may still be stored, and its idempotency key makes
+			// a retry safe.
+			c.state.CompareAndSwap(callQueued, callGivenUp)
+			return nil, ctx.Err()
+		case <-b.quit:
+			b.failQueued()
+			<-c.done // failed just now, or in the pipeline in flight
+			return c.res, c.err
 		}
 	}
 }
 
-// loop sends the queued calls, a pipeline at a time, until close.
-func (b *batcher) loop() {
-	defer close(b.stopped)
-	batch := make([]*batchCall, 0, maxBatch)
-	p := &b.pace
-	var timer *time.Timer
-	for {
-		select {
-		case <-b.quit:
-			return
-		case c := <-b.calls:
-			batch = append(batch[:0], c)
+func (b *batcher) closed() bool {
+	select {
+	case <-b.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// drive runs one pipeline of the calls queued, if any. Its caller holds
+// the lead.
+func (b *batcher) drive() {
+	if b.closed() {
+		b.failQueued()
+		return
+	}
+	batch := b.batch[:0]
+	defer func() { clear(batch); b.batch = batch[:0] }()
+	take := func(c *batchCall) {
+		if c.state.CompareAndSwap(callQueued, callTaken) {
+			batch = append(batch, c)
+		} else {
+			close(c.done) // given up: nobody waits for it
 		}
-	more:
-		for len(batch) < maxBatch {
+	}
+more:
+	for len(batch) < maxBatch {
+		select {
+		case c := <-b.calls:
+			take(c)
+		default:
+			break more
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	p := &b.pace
+	if wait := p.wait(batch[0].queued, time.Now()); wait > 0 && len(batch) < fillBatch {
+		if b.timer == nil {
+			b.timer = time.NewTimer(wait)
+		} else {
+			b.timer.Reset(wait)
+		}
+	company:
+		for len(batch) < fillBatch {
 			select {
 			case c := <-b.calls:
-				batch = append(batch, c)
-			default:
-				break more
+				take(c)
+			case <-b.timer.C:
+				break company
+			case <-b.quit:
+				break company // this batch still runs
 			}
 		}
-		if wait := p.wait(batch[0].queued, time.Now()); wait > 0 && len(batch) < fillBatch {
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Reset(wait)
-			}
-		company:
-			for len(batch) < fillBatch {
-				select {
-				case c := <-b.calls:
-					batch = append(batch, c)
-				case <-timer.C:
-					break company
-				case <-b.quit:
-					break company // this batch still runs; the loop ends next
-				}
-			}
-			timer.Stop()
+		b.timer.Stop()
+	}
+	p.sent(len(batch), time.Now())
+	b.exec(batch)
+}
+
+// failQueued fails every call still queued with ErrClosed.
+func (b *batcher) failQueued() {
+	for {
+		select {
+		case c := <-b.calls:
+			c.res, c.err = nil, ErrClosed
+			close(c.done)
+		default:
+			return
 		}
-		p.sent(len(batch), time.Now())
-		b.exec(batch)
-		clear(batch)
 	}
 }
 
@@ -184,12 +243,15 @@ func (p *pacer) wait(first, now time.Time) time.Duration {
 	return p.delay - now.Sub(first)
 }
 
-// close stops the loop after the pipeline in flight; calls still queued
-// fail with ErrClosed. It returns when the loop has ended.
+// close lets the pipeline in flight finish and fails the calls still
+// queued with ErrClosed; later calls fail at once. It keeps the lead, so
+// no pipeline runs after it returns.
 func (b *batcher) close() {
-	b.stop.Do(func() { close(b.quit) })
-	b.start.Do(func() { close(b.stopped) }) // no loop was started: none will be
-	<-b.stopped
+	b.stop.Do(func() {
+		close(b.quit)
+		b.lead <- struct{}{}
+		b.failQueued()
+	})
 }
 
 func (b *batcher) exec(batch []*batchCall) {

@@ -126,3 +126,59 @@ func TestPacerWaitsOnlyUnderLoad(t *testing.T) {
 		t.Fatalf("with no delay a send waits %v", w)
 	}
 }
+
+// TestBatchCallGivenUpBeforeItsPipelineDoesNotRun: a send whose caller
+// gives up while it is still queued is left out of the next pipeline.
+func TestBatchCallGivenUpBeforeItsPipelineDoesNotRun(t *testing.T) {
+	t.Parallel()
+	b, g := countedBatcher(t, 0, 0)
+	b.lead <- struct{}{} // a pipeline in flight, as far as callers can tell
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := b.run(ctx, []string{"k"}, "given up"); err != context.DeadlineExceeded {
+		t.Fatalf("run with an expired context: %v, want DeadlineExceeded", err)
+	}
+	<-b.lead
+	runEcho(t, b, "next")
+	if got := scriptTrips(g); !slices.Equal(got, []string{"evalsha"}) {
+		t.Fatalf("round trips %q, want one of the send still waited for", got)
+	}
+}
+
+// TestBatchCloseFailsQueuedCalls: Close lets the pipeline in flight end,
+// fails what is still queued, and no pipeline runs after it.
+func TestBatchCloseFailsQueuedCalls(t *testing.T) {
+	t.Parallel()
+	b, g := countedBatcher(t, 0, 0)
+	b.lead <- struct{}{}
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := b.run(t.Context(), []string{"k"}, "queued")
+			errs <- err
+		}()
+	}
+	for len(b.calls) < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	closed := make(chan struct{})
+	go func() { b.close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a pipeline was in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	<-b.lead
+	<-closed
+	for range 3 {
+		if err := <-errs; err != ErrClosed {
+			t.Fatalf("queued call: %v, want ErrClosed", err)
+		}
+	}
+	if _, err := b.run(t.Context(), []string{"k"}, "after"); err != ErrClosed {
+		t.Fatalf("call after Close: %v, want ErrClosed", err)
+	}
+	if got := scriptTrips(g); len(got) != 0 {
+		t.Fatalf("round trips %q after Close, want none", got)
+	}
+}

@@ -458,8 +458,8 @@ func TestSendToSelf(t *testing.T) {
 	}
 }
 
-// TestCloseEndsThePipeline: Close stops the goroutine that pipelines sends,
-// and a send after Close fails instead of waiting.
+// TestCloseEndsThePipeline: after Close no pipeline runs, and a send
+// fails instead of waiting.
 func TestCloseEndsThePipeline(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, Config{})
