@@ -32,11 +32,6 @@ import (
 // are down to come back too, at most resyncMaxWait, so that the sockets
 // are told to resync once.
 
-// linkCheck is how long a link may be idle before it pings; a link that
-// hears nothing for three of them, its ping's answer included, is dropped
-// and made again.
-const linkCheck = 2 * time.Second
-
 // resyncSettle and resyncMaxWait bound how long a Resync waits for links
 // that are down.
 const (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,11 @@ type Subscriber struct {
 	lastOK atomic.Int64 // unix ns of the last canary that came back
 }
 
+// linkCheck is how long a pub/sub link may be idle before it pings; a
+// link that hears nothing for three of them, its ping's answer included,
+// is dropped and made again.
+const linkCheck = 2 * time.Second
+
 // Subscribe returns the Subscriber of replica; Run starts it.
 func (s *Store) Subscribe(replica string, ev Events) *Subscriber {
 	return &Subscriber{s: s, replica: replica, ev: ev, ready: make(chan struct{}), canary: map[string]chan struct{}{}}
@@ -65,40 +71,66 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	if sub.s.cl != nil {
 		return sub.runCluster(ctx)
 	}
+	confirmations := 0
+	for {
+		err := sub.receive(ctx, &confirmations)
+		if ctx.Err() != nil {
+			return nil
+		}
+		sub.s.log.Warn("pub/sub: the link stopped answering; subscribing again", "err", err)
+	}
+}
+
+// receive subscribes with a new PubSub and hands what arrives to the
+// Events, on this goroutine, until ctx ends (nil) or the link stops
+// answering pings. go-redis dials again and subscribes again by itself
+// after a broken connection; each confirmation of the replica's channel
+// after the first (counted in *confirmations) is a Resync.
+func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
 	own := sub.s.keys.replicaChannel(sub.replica)
 	ps := sub.s.rdb.Subscribe(ctx, own, sub.s.keys.presenceChannel())
 	defer ps.Close()
-	ch := ps.ChannelWithSubscriptions(
-		redis.WithChannelSize(8192),
-		redis.WithChannelHealthCheckInterval(2*time.Second),
-	)
-	confirmations := 0
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
+	quiet, broken := 0, 0
 	for {
-		select {
-		case <-ctx.Done():
+		msg, err := ps.ReceiveTimeout(ctx, linkCheck)
+		if ctx.Err() != nil {
 			return nil
-		case v, ok := <-ch:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if quiet++; quiet >= 3 {
+					return errors.New("no answer to pings")
 				}
-				return errors.New("pubsub: channel closed")
+				_ = ps.Ping(ctx) // a failed write makes go-redis reconnect
+				continue
 			}
-			switch m := v.(type) {
-			case *redis.Subscription:
-				if m.Kind != "subscribe" || m.Channel != own {
-					continue
+			if broken++; broken > 1 {
+				t := time.NewTimer(100 * time.Millisecond)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+				case <-t.C:
 				}
-				confirmations++
-				if confirmations == 1 {
-					sub.readyOnce.Do(func() { close(sub.ready) })
-				} else {
-					sub.reconnects.Add(1)
-					sub.ev.Resync()
-				}
-			case *redis.Message:
-				sub.handle(m.Payload)
 			}
+			continue
+		}
+		quiet, broken = 0, 0
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" || m.Channel != own {
+				continue
+			}
+			if *confirmations++; *confirmations == 1 {
+				sub.readyOnce.Do(func() { close(sub.ready) })
+			} else {
+				sub.reconnects.Add(1)
+				sub.ev.Resync()
+			}
+		case *redis.Message:
+			sub.handle(m.Payload)
 		}
 	}
 }
