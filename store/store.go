@@ -146,8 +146,8 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 	return s
 }
 
-// Close stops the goroutine that pipelines sends, after the pipeline in
-// flight; a send after Close fails with ErrClosed. It does not close the
+// Close stops the pipelining of sends after the pipeline in flight: sends
+// still queued, and any after Close, fail with ErrClosed. It does not close the
 // Redis client, which the caller owns. It is safe to call more than once.
 func (s *Store) Close() { s.sends.close() }
 
