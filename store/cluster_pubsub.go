@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
@@ -129,12 +128,8 @@ func (sub *Subscriber) link(ctx context.Context, channel string, out chan<- link
 		sub.s.log.Warn("pub/sub: shard channel subscription lost; subscribing again",
 			"channel", channel, "err", err, "in", wait)
 		sub.s.cl.rdb.ReloadState(ctx)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if pause(ctx, wait); ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
@@ -155,10 +150,9 @@ func (sub *Subscriber) linkOnce(ctx context.Context, channel string, send func(l
 			return subscribed, nil
 		}
 		if err != nil {
-			var ne net.Error
 			var re redis.Error
 			switch {
-			case errors.As(err, &ne) && ne.Timeout():
+			case isTimeout(err):
 				if quiet++; quiet >= 3 {
 					return subscribed, errors.New("no answer to pings")
 				}
@@ -173,12 +167,7 @@ func (sub *Subscriber) linkOnce(ctx context.Context, channel string, send func(l
 				if broken++; broken >= 5 {
 					return subscribed, err
 				}
-				t := time.NewTimer(100 * time.Millisecond)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-				case <-t.C:
-				}
+				pause(ctx, 100*time.Millisecond)
 			}
 			continue
 		}

@@ -48,6 +48,23 @@ type Subscriber struct {
 	lastOK atomic.Int64 // unix ns of the last canary that came back
 }
 
+// isTimeout reports whether err is a network timeout: a read that heard
+// nothing in its time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// pause waits d, or until ctx ends.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // linkCheck is how long a pub/sub link may be idle before it pings; a
 // link that hears nothing for three of them, its ping's answer included,
 // is dropped and made again.
@@ -99,8 +116,7 @@ func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
 			return nil
 		}
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if isTimeout(err) {
 				if quiet++; quiet >= 3 {
 					return errors.New("no answer to pings")
 				}
@@ -108,12 +124,7 @@ func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
 				continue
 			}
 			if broken++; broken > 1 {
-				t := time.NewTimer(100 * time.Millisecond)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-				case <-t.C:
-				}
+				pause(ctx, 100*time.Millisecond)
 			}
 			continue
 		}

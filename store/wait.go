@@ -250,7 +250,7 @@ func (c *cluster) evalWait(ctx context.Context, script *redis.Script, calls []ca
 	for i := range todo {
 		todo[i] = i
 	}
-	pause := clusterWaitBackoff
+	backoff := clusterWaitBackoff
 	for try := 0; len(todo) > 0; try++ {
 		type group struct {
 			node *redis.Client
@@ -313,13 +313,8 @@ func (c *cluster) evalWait(ctx context.Context, script *redis.Script, calls []ca
 			continue // only NOSCRIPT: EVAL at once, on the same masters
 		}
 		c.rdb.ReloadState(ctx)
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-		pause *= 2
+		pause(ctx, backoff)
+		backoff *= 2
 	}
 	return out
 }
