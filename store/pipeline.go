@@ -98,18 +98,29 @@ func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, err
 		return nil, ErrClosed
 	}
 	c := &batchCall{ctx: ctx, queued: time.Now(), keys: keys, args: args, done: make(chan struct{})}
-	select {
-	case b.calls <- c:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-b.quit:
-		return nil, ErrClosed
+	for queued := false; !queued; {
+		select {
+		case b.calls <- c:
+			queued = true
+		case b.lead <- struct{}{}:
+			// The queue is full and nobody leads: every caller of what
+			// is queued may have given up. Take what is there away.
+			b.drive()
+			<-b.lead
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-b.quit:
+			return nil, ErrClosed
+		}
 	}
 	for {
 		select {
 		case <-c.done:
 			return c.res, c.err
 		default:
+		}
+		if ctx.Err() != nil {
+			return nil, b.giveUp(c)
 		}
 		select {
 		case <-c.done:
@@ -118,17 +129,26 @@ func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, err
 			b.drive()
 			<-b.lead
 		case <-ctx.Done():
-			// Unless a pipeline has taken it, it will not run; if one
-			// has, it may still be stored, and its idempotency key makes
-			// a retry safe.
-			c.state.CompareAndSwap(callQueued, callGivenUp)
-			return nil, ctx.Err()
+			return nil, b.giveUp(c)
 		case <-b.quit:
 			b.failQueued()
-			<-c.done // failed just now, or in the pipeline in flight
-			return c.res, c.err
+			select {
+			case <-c.done: // failed just now, or in the pipeline in flight
+				return c.res, c.err
+			case <-ctx.Done():
+				return nil, b.giveUp(c)
+			}
 		}
 	}
+}
+
+// giveUp marks c given up by its caller, whose context has ended, and
+// returns the context's error. Unless a pipeline has taken it, it will not
+// run; if one has, it may still be stored, and its idempotency key makes a
+// retry safe.
+func (b *batcher) giveUp(c *batchCall) error {
+	c.state.CompareAndSwap(callQueued, callGivenUp)
+	return c.ctx.Err()
 }
 
 func (b *batcher) closed() bool {

@@ -182,3 +182,31 @@ func TestBatchCloseFailsQueuedCalls(t *testing.T) {
 		t.Fatalf("round trips %q after Close, want none", got)
 	}
 }
+
+// TestBatchQueueOfGivenUpCallsIsCleared: when every caller of a full
+// queue has given up, with nobody left to lead, the next send still goes
+// out.
+func TestBatchQueueOfGivenUpCallsIsCleared(t *testing.T) {
+	t.Parallel()
+	b, g := countedBatcher(t, 0, 0)
+	b.lead <- struct{}{} // Redis stalls under a pipeline in flight
+	var wg sync.WaitGroup
+	for range queueLen {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			defer cancel()
+			if _, err := b.run(ctx, []string{"k"}, "given up"); err != context.DeadlineExceeded {
+				t.Errorf("run with an expired context: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	<-b.lead
+	if n := len(b.calls); n != queueLen {
+		t.Fatalf("%d calls queued, want a full queue of %d", n, queueLen)
+	}
+	runEcho(t, b, "next")
+	if got := scriptTrips(g); !slices.Equal(got, []string{"evalsha"}) {
+		t.Fatalf("round trips %q, want one of the send still waited for", got)
+	}
+}
