@@ -165,7 +165,7 @@ type SendRequest struct {
 	From, To, Text string
 	// ClientID makes the send idempotent per sender. When empty a random one
 	// is assigned before the call, so a retried command cannot store twice;
-	// its record is kept for a minute, not for the idempotency TTL.
+	// its record is kept for 10 minutes, not for the idempotency TTL.
 	ClientID string
 	// Origin is the sending connection's presence member; it is left out of
 	// live delivery (it gets the reply instead). May be empty.

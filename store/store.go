@@ -289,8 +289,9 @@ func validatePair(a, b string) error {
 }
 
 // generatedIDTTL is how long the record of a send without a client id, whose
-// id the store generated, is kept.
-const generatedIDTTL = time.Minute
+// id the store generated, is kept: well past go-redis's retries of the
+// command (three, each up to a read timeout), even with a long timeout.
+const generatedIDTTL = 10 * time.Minute
 
 func randomID() string {
 	var b [16]byte
