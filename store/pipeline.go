@@ -103,8 +103,9 @@ func (b *batcher) run(ctx context.Context, keys []string, args ...any) (any, err
 		case b.calls <- c:
 			queued = true
 		case b.lead <- struct{}{}:
-			// The queue is full and nobody leads: every caller of what
-			// is queued may have given up. Take what is there away.
+			// A free lead is taken while waiting for room: when every
+			// caller of a full queue has given up, nobody else is left
+			// to empty it.
 			b.drive()
 			<-b.lead
 		case <-ctx.Done():

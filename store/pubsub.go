@@ -123,7 +123,9 @@ func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
 				_ = ps.Ping(ctx) // a failed write makes go-redis reconnect
 				continue
 			}
-			if broken++; broken > 1 {
+			if broken++; broken == 1 {
+				sub.s.log.Warn("pub/sub: the link broke; subscribing again", "err", err)
+			} else {
 				pause(ctx, 100*time.Millisecond)
 			}
 			continue
