@@ -152,7 +152,7 @@ func (sub *Subscriber) linkOnce(ctx context.Context, channel string, send func(l
 		if err != nil {
 			var re redis.Error
 			switch {
-			case isTimeout(err):
+			case isQuiet(err):
 				if quiet++; quiet >= 3 {
 					return subscribed, errors.New("no answer to pings")
 				}

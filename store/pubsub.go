@@ -48,11 +48,13 @@ type Subscriber struct {
 	lastOK atomic.Int64 // unix ns of the last canary that came back
 }
 
-// isTimeout reports whether err is a network timeout: a read that heard
-// nothing in its time.
-func isTimeout(err error) bool {
+// isQuiet reports whether err says that a link heard nothing in its time:
+// a read that timed out, not a dial that did (a dial that fails is a broken
+// link, whatever the reason).
+func isQuiet(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	var oe *net.OpError
+	return errors.As(err, &ne) && ne.Timeout() && !(errors.As(err, &oe) && oe.Op == "dial")
 }
 
 // pause waits d, or until ctx ends.
@@ -89,18 +91,29 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 		return sub.runCluster(ctx)
 	}
 	confirmations := 0
+	wait := 100 * time.Millisecond
 	for {
+		before := confirmations
 		err := sub.receive(ctx, &confirmations)
 		if ctx.Err() != nil {
 			return nil
 		}
-		sub.s.log.Warn("pub/sub: the link stopped answering; subscribing again", "err", err)
+		if confirmations > before {
+			wait = 100 * time.Millisecond
+		}
+		sub.s.log.Warn("pub/sub: subscription lost; subscribing again", "err", err, "in", wait)
+		if pause(ctx, wait); ctx.Err() != nil {
+			return nil
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
 // receive subscribes with a new PubSub and hands what arrives to the
-// Events, on this goroutine, until ctx ends (nil) or the link stops
-// answering pings. go-redis dials again and subscribes again by itself
+// Events, on this goroutine, until ctx ends (nil), the link stops
+// answering pings, or Redis answers with an error (a SUBSCRIBE refused,
+// say, after an ACL change: go-redis would keep the link, pinged and
+// unsubscribed). go-redis dials again and subscribes again by itself
 // after a broken connection; each confirmation of the replica's channel
 // after the first (counted in *confirmations) is a Resync.
 func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
@@ -116,17 +129,21 @@ func (sub *Subscriber) receive(ctx context.Context, confirmations *int) error {
 			return nil
 		}
 		if err != nil {
-			if isTimeout(err) {
+			var re redis.Error
+			switch {
+			case errors.As(err, &re):
+				return fmt.Errorf("subscribe: %w", err)
+			case isQuiet(err):
 				if quiet++; quiet >= 3 {
 					return errors.New("no answer to pings")
 				}
 				_ = ps.Ping(ctx) // a failed write makes go-redis reconnect
-				continue
-			}
-			if broken++; broken == 1 {
-				sub.s.log.Warn("pub/sub: the link broke; subscribing again", "err", err)
-			} else {
-				pause(ctx, 100*time.Millisecond)
+			default:
+				if broken++; broken == 1 {
+					sub.s.log.Warn("pub/sub: the link broke; subscribing again", "err", err)
+				} else {
+					pause(ctx, 100*time.Millisecond)
+				}
 			}
 			continue
 		}
