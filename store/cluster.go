@@ -337,8 +337,9 @@ func elementTime(data string) (float64, bool) {
 // clusterUnread reads user's unread hints, then the length and user's read
 // position of each hinted conversation from its slot (pipelined), and
 // returns the counts above 0. Hints of conversations with nothing unread
-// are removed, unless a newer hint replaced them meanwhile; if that fails,
-// the next Unread tries again.
+// are removed, unless a newer hint replaced them meanwhile, and so are
+// fields that name no conversation of user (written by something else);
+// if that fails, the next Unread tries again.
 func (s *Store) clusterUnread(ctx context.Context, user string) (map[string]int64, error) {
 	k := s.cl.keys
 	hints, err := s.rdb.HKeys(ctx, k.unreadHints(user)).Result()
@@ -348,10 +349,12 @@ func (s *Store) clusterUnread(ctx context.Context, user string) (map[string]int6
 	convs := make([]string, 0, len(hints))
 	peers := make([]string, 0, len(hints))
 	calls := make([]call, 0, len(hints))
+	var junk []string
 	for _, conv := range hints {
 		peer, ok := chat.Peer(conv, user)
 		if !ok || chat.ConvKey(user, peer) != conv {
-			continue // not a conversation of user: none of chatd's
+			junk = append(junk, conv) // not a conversation of user: none of chatd's
+			continue
 		}
 		convs = append(convs, conv)
 		peers = append(peers, peer)
@@ -376,6 +379,11 @@ func (s *Store) clusterUnread(ctx context.Context, user string) (map[string]int6
 	for _, cmd := range s.cl.evalAll(ctx, clusterUserScript, drop) {
 		if err := cmd.Err(); err != nil {
 			s.log.Debug("could not drop a spent unread hint", "user", user, "err", err)
+		}
+	}
+	if len(junk) > 0 {
+		if err := s.rdb.HDel(ctx, k.unreadHints(user), junk...).Err(); err != nil {
+			s.log.Debug("could not drop unread hints of no conversation", "user", user, "err", err)
 		}
 	}
 	return out, nil

@@ -266,6 +266,34 @@ func TestClusterUnreadHintsOnlyMoveForward(t *testing.T) {
 	}
 }
 
+// TestClusterUnreadDropsJunkHints: fields of the hints hash that name no
+// conversation of the user (written by something else) are not counted,
+// and Unread removes them, so that they are not read again at every
+// connect; real hints stay.
+func TestClusterUnreadDropsJunkHints(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	f.clusterLayout(t)
+	f.send(t, "23", "43", "unread")
+	junk := []string{"nonsense", "23-99", "23-43", "43-43-1"}
+	for _, field := range junk {
+		if err := f.r.Client.HSet(f.ctx, f.ck.unreadHints("43"), field, "0 5").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	un, err := f.s.Unread(f.ctx, "43")
+	if err != nil || len(un) != 1 || un["23"] != 1 {
+		t.Fatalf("Unread(43) = %v, %v; want 23: 1", un, err)
+	}
+	fields, err := f.r.Client.HKeys(f.ctx, f.ck.unreadHints("43")).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fields) != 1 || fields[0] != "43-23" {
+		t.Fatalf("hint fields after Unread = %v, want only 43-23", fields)
+	}
+}
+
 // TestClusterSendRepairedByItsRetry: a send that stopped after its commit
 // point (the conversation's script ran, the users' did not) left the
 // message stored but out of the recipient's inbox and unread counts; the
