@@ -63,8 +63,16 @@ type Tracker struct {
 	boot string
 	seq  atomic.Uint64
 
+	// refreshMu is held by the refresh in flight.
+	refreshMu sync.Mutex
+
 	mu    sync.Mutex
 	conns map[string]string // member → user
+	// refreshing is what the refresh in flight is refreshing (nil: none).
+	// A connection of it that ends meanwhile is removed by the refresh,
+	// once done: removed before, it would be written back, and read as its
+	// user coming online again (a lapse, and a flicker for watchers).
+	refreshing map[string]string
 }
 
 // New returns a Tracker; Run keeps its entries alive.
@@ -97,15 +105,13 @@ func New(cfg Config) (*Tracker, error) {
 
 // Add registers a new live connection of user and returns its member name,
 // "<replica> <boot>-<n>", unique across restarts of the replica.
+//
+// The heartbeat learns of the connection once its entry is written: a
+// heartbeat that wrote it first would find the user newly online and take
+// that for a lapse of the replica's entries.
 func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 	member := fmt.Sprintf("%s %s-%d", t.cfg.Replica, t.boot, t.seq.Add(1))
-	t.mu.Lock()
-	t.conns[member] = user
-	t.mu.Unlock()
 	if _, err := t.cfg.Backend.Connect(ctx, user, member, t.cfg.Now().Add(t.cfg.TTL)); err != nil {
-		t.mu.Lock()
-		delete(t.conns, member)
-		t.mu.Unlock()
 		// The entry may have been written before the call failed (a timeout
 		// on the way back): remove it, or it reads online until it expires.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -113,14 +119,22 @@ func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 		_, _ = t.cfg.Backend.Disconnect(cctx, user, member)
 		return "", err
 	}
+	t.mu.Lock()
+	t.conns[member] = user
+	t.mu.Unlock()
 	return member, nil
 }
 
-// Remove unregisters the connection member of user.
+// Remove unregisters the connection member of user. While a heartbeat
+// that refreshes it is in flight, the heartbeat removes it when done.
 func (t *Tracker) Remove(ctx context.Context, user, member string) error {
 	t.mu.Lock()
 	delete(t.conns, member)
+	_, later := t.refreshing[member]
 	t.mu.Unlock()
+	if later {
+		return nil
+	}
 	_, err := t.cfg.Backend.Disconnect(ctx, user, member)
 	return err
 }
@@ -166,26 +180,34 @@ func (t *Tracker) Run(ctx context.Context) error {
 }
 
 // Refresh pushes the expiry of every registered connection forward. It
-// reports whether any of them had lapsed.
+// reports whether any of them had lapsed. Connections that end while it
+// runs are removed when it is done (see Remove). Refreshes run one at a
+// time.
 func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
+	t.refreshMu.Lock()
+	defer t.refreshMu.Unlock()
 	t.mu.Lock()
 	conns := make(map[string]string, len(t.conns))
 	for m, u := range t.conns {
 		conns[m] = u
 	}
+	t.refreshing = conns
 	t.mu.Unlock()
 	lapsed, err = t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL))
-	// A connection removed while the refresh ran may have been written
-	// back by it: remove it again, or it would read online until it expires.
 	t.mu.Lock()
-	for m := range conns {
-		if _, ok := t.conns[m]; ok {
-			delete(conns, m)
+	t.refreshing = nil
+	ended := map[string]string{}
+	for m, u := range conns {
+		if _, ok := t.conns[m]; !ok {
+			ended[m] = u
 		}
 	}
 	t.mu.Unlock()
-	for m, u := range conns {
-		if _, derr := t.cfg.Backend.Disconnect(ctx, u, m); derr != nil && err == nil {
+	// The removals owed to Remove are made even when ctx has ended.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	for m, u := range ended {
+		if _, derr := t.cfg.Backend.Disconnect(dctx, u, m); derr != nil && err == nil {
 			err = derr
 		}
 	}

@@ -147,8 +147,8 @@ func TestRemoveDuringHeartbeatStaysRemoved(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if _, err := tr.Refresh(t.Context()); err != nil {
-		t.Fatal(err)
+	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
+		t.Fatalf("Refresh = %v, %v; want no lapse: the socket ended, nothing lapsed", lapsed, err)
 	}
 	if online(t, tr, "23") {
 		t.Fatal("a socket removed during a heartbeat reads online again")
@@ -182,6 +182,55 @@ func TestFailedAddLeavesNoEntry(t *testing.T) {
 	}
 	if online(t, tr, "23") || tr.Len() != 0 {
 		t.Fatal("a failed Add left 23 online")
+	}
+}
+
+// gatedBackend holds Connect until open is closed, telling entered first:
+// a connect in flight while a heartbeat runs.
+type gatedBackend struct {
+	*store.Store
+	entered, open chan struct{}
+}
+
+func (b gatedBackend) Connect(ctx context.Context, user, member string, expiry time.Time) (bool, error) {
+	close(b.entered)
+	<-b.open
+	return b.Store.Connect(ctx, user, member, expiry)
+}
+
+// TestHeartbeatDuringAddIsNoLapse: a heartbeat while a connection's entry
+// is being written does not report a lapse (which would tell every socket
+// of the replica to resync), and the connection is kept alive after.
+func TestHeartbeatDuringAddIsNoLapse(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	b := gatedBackend{Store: store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now}),
+		entered: make(chan struct{}), open: make(chan struct{})}
+	tr, err := presence.New(presence.Config{Backend: b, Replica: "a", Now: clk.Now, TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := make(chan error, 1)
+	go func() {
+		_, err := tr.Add(t.Context(), "23")
+		added <- err
+	}()
+	<-b.entered
+	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
+		t.Fatalf("heartbeat during a connect: lapsed %v, %v; want no lapse", lapsed, err)
+	}
+	close(b.open)
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(9 * time.Second)
+	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
+		t.Fatalf("heartbeat after the connect: lapsed %v, %v; want no lapse", lapsed, err)
+	}
+	clk.Advance(9 * time.Second) // past the first expiry, within the refreshed one
+	if !online(t, tr, "23") || tr.Len() != 1 {
+		t.Fatal("the heartbeat did not keep the connection alive")
 	}
 }
 
