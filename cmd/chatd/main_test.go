@@ -737,3 +737,20 @@ func TestBadEnvironmentValuesAreErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFileLimitWarning: a -max-conns past what the process may open (no
+// Linux process may open 2,000,000 files by default) is warned about at
+// start, and the server runs; one within the limit is not warned about.
+func TestFileLimitWarning(t *testing.T) {
+	t.Parallel()
+	env, args := redisEnv(t)
+	over := start(t, env, append(args, "-max-conns", "2000000", "-replica", "over")...)
+	within := start(t, env, append(args, "-max-conns", "100", "-replica", "within")...)
+	const warning = "the open-file limit is below what -max-conns needs"
+	if logs := over.logs.String(); !strings.Contains(logs, warning) || !strings.Contains(logs, `"need":2000256`) {
+		t.Errorf("-max-conns 2000000: no warning with the need in the log:\n%s", logs)
+	}
+	if logs := within.logs.String(); strings.Contains(logs, warning) {
+		t.Errorf("-max-conns 100 warned:\n%s", logs)
+	}
+}

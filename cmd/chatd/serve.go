@@ -26,6 +26,7 @@ import (
 	"github.com/chatd/chatd/auth"
 	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/hub"
+	"github.com/chatd/chatd/internal/fdlimit"
 	"github.com/chatd/chatd/presence"
 	"github.com/chatd/chatd/store"
 	"github.com/chatd/chatd/web"
@@ -70,6 +71,22 @@ func newLogger(cfg config, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("-log-format %q: want text, json or auto", cfg.logFormat)
 }
 
+// fileHeadroom is how many open files a replica needs besides its
+// sockets: Redis connections, listeners, plain HTTP requests.
+const fileHeadroom = 256
+
+// checkFileLimit raises the limit on open files to what -max-conns sockets
+// need, and warns when the process may not have that many: sockets past
+// the limit would fail to connect.
+func checkFileLimit(log *slog.Logger, maxConns int) {
+	need := uint64(maxConns) + fileHeadroom
+	have, err := fdlimit.Raise(need)
+	if have < need {
+		log.Warn("the open-file limit is below what -max-conns needs; connects past it fail until it is raised (ulimit -n, or LimitNOFILE in a systemd unit)",
+			"max_conns", maxConns, "need", need, "limit", have, "err", err)
+	}
+}
+
 // serve runs the server until ctx ends, then drains.
 func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	log, err := newLogger(cfg, stderr)
@@ -79,6 +96,7 @@ func serve(ctx context.Context, cfg config, stderr io.Writer) error {
 	if err := store.ValidateReplica(cfg.replica); err != nil {
 		return fmt.Errorf("-replica: %w", err)
 	}
+	checkFileLimit(log, cfg.maxConns)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

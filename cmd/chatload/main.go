@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -33,6 +34,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/internal/fdlimit"
 )
 
 func main() {
@@ -56,6 +58,28 @@ type config struct {
 	metrics  string
 	batch    bool
 	pid      int
+	from     string
+	// clients dial from the -from addresses, in turn; empty: the
+	// default client.
+	clients []*http.Client
+}
+
+// fileHeadroom is how many open files chatload needs besides its sockets.
+const fileHeadroom = 64
+
+// sourceClients returns an HTTP client per local address in the
+// comma-separated list from, each dialing from its address.
+func sourceClients(from string) ([]*http.Client, error) {
+	var clients []*http.Client
+	for _, a := range strings.Split(from, ",") {
+		ip := net.ParseIP(strings.TrimSpace(a))
+		if ip == nil {
+			return nil, fmt.Errorf("-from: %q is not an IP address", a)
+		}
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
+		clients = append(clients, &http.Client{Transport: &http.Transport{DialContext: d.DialContext}})
+	}
+	return clients, nil
 }
 
 // batchSubprotocol is the subprotocol of batch framing (docs/PROTOCOL.md,
@@ -104,6 +128,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
 	fs.BoolVar(&c.batch, "batch", true, "offer batch framing (subprotocol "+batchSubprotocol+"): frames the server writes at once come in one message")
 	fs.IntVar(&c.pid, "pid", 0, "the server's process `id` on this machine; report its CPU time per delivered message (Linux)")
+	fs.StringVar(&c.from, "from", "", "comma-separated local `addresses` to connect from, in turn: one address reaches one server address with at most as many sockets as it has ephemeral ports (about 28,000 on Linux), so 50,000 sockets on loopback take -from 127.0.0.1,127.0.0.2")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `chatload puts a chat load on a chatd server and reports what it saw.
 
@@ -123,7 +148,10 @@ Examples:
   chatload -rate 10000 -pid $(pgrep -n chatd)                               # with the server's CPU per message
   chatload -users 10000 -rate 0 -metrics http://127.0.0.1:8080/metrics   # memory per idle socket
 
-Many sockets need many file descriptors: raise the limit first (ulimit -n 65536).
+Many sockets need many file descriptors: chatload raises its limit on open
+files as far as it may, and stops at once if -users needs more (raise the
+hard limit first: ulimit -n 65536, as root). Past about 28,000 sockets to one
+server address, connect from more local addresses with -from.
 
 Flags:
 `)
@@ -142,6 +170,17 @@ Flags:
 		if _, err := cpuTime(c.pid); err != nil {
 			return err
 		}
+	}
+	if c.from != "" {
+		var err error
+		if c.clients, err = sourceClients(c.from); err != nil {
+			return err
+		}
+	}
+	need := uint64(c.users) + fileHeadroom
+	if have, err := fdlimit.Raise(need); have < need {
+		return fmt.Errorf("-users %d needs about %d open files, and this process may open %d (%v): raise the limit (ulimit -n)",
+			c.users, need, have, err)
 	}
 	var before map[string]float64
 	if c.metrics != "" {
@@ -261,6 +300,9 @@ func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var opts websocket.DialOptions
+	if len(c.clients) > 0 {
+		opts.HTTPClient = c.clients[i%len(c.clients)]
+	}
 	if c.batch {
 		opts.Subprotocols = []string{batchSubprotocol}
 	}

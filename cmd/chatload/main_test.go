@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -152,10 +155,62 @@ func TestReaderCountsFramesNotMessages(t *testing.T) {
 
 func TestLoadRejectsBadFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}, {"-pid", "-1"}} {
+	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}, {"-pid", "-1"},
+		{"-from", "127.0.0.1,nowhere"}} {
 		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// TestLoadStopsShortOfOpenFiles: more sockets than the process may open
+// files (no Linux process may open 2,000,000 by default) is said at once,
+// before any socket is opened, not as a dial error midway.
+func TestLoadStopsShortOfOpenFiles(t *testing.T) {
+	t.Parallel()
+	var dials atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { dials.Add(1) }))
+	defer srv.Close()
+	err := run(t.Context(), []string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http"), "-users", "2000000"},
+		&bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "open files") {
+		t.Fatalf("-users 2000000: %v; want an error about open files", err)
+	}
+	if n := dials.Load(); n != 0 {
+		t.Fatalf("%d sockets opened before the error", n)
+	}
+}
+
+// TestLoadConnectsFromEachAddress: with -from, sockets connect from the
+// addresses given, in turn.
+func TestLoadConnectsFromEachAddress(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	from := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		mu.Lock()
+		from[host]++
+		mu.Unlock()
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		_ = ws.Write(r.Context(), websocket.MessageText, []byte(`{"type":"ready"}`))
+		_, _, _ = ws.Read(r.Context()) // until chatload closes
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http"), "-users", "4", "-rate", "0",
+		"-duration", "10ms", "-from", "127.0.0.1,127.0.0.2"}, &out, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := map[string]int{"127.0.0.1": 2, "127.0.0.2": 2}; !maps.Equal(from, want) {
+		t.Fatalf("sockets came from %v, want %v", from, want)
 	}
 }
 
