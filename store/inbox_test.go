@@ -200,6 +200,13 @@ func TestInboxSeedConversations(t *testing.T) {
 	// it is not listed, and must not break the listing.
 	f.lpush(t, "88-23", `{"fromid": 88, "toid": 23, "msg": "read", "time": 1.5}`)
 	f.hset(t, "23", "88-23", "0")
+	// Counts that are not above 0 (the seed writes none of these) list
+	// nothing either.
+	for i, junk := range []string{"-2", "abc", "1.5", ""} {
+		conv := fmt.Sprintf("%d-23", 90+i)
+		f.lpush(t, conv, fmt.Sprintf(`{"fromid": %d, "toid": 23, "msg": "junk count", "time": 1.5}`, 90+i))
+		f.hset(t, "23", conv, junk)
+	}
 
 	convs, more, err := f.s.Inbox(f.ctx, "23", 0)
 	if err != nil {

@@ -311,7 +311,7 @@ end
 local h = redis.call('HGETALL', KEYS[1])
 for i = 1, #h, 2 do
   local conv = h[i]
-  if h[i + 1] ~= '0' and not seen[conv] then
+  if count(h[i + 1]) > 0 and not seen[conv] then
     seen[conv] = true
     -- Only "<id>-<id>" naming a list of a conversation of me counts.
     local hi, lo = string.match(conv, '^([%w_.@]+)%-([%w_.@]+)$')
@@ -376,7 +376,7 @@ local function add(conv)
 end
 for _, conv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do add(conv) end
 for conv, c in pairs(unread) do
-  if c ~= '0' then add(conv) end
+  if count(c) > 0 then add(conv) end
 end
 return out
 `)
