@@ -100,6 +100,11 @@ func New(secret string, validate func(string) error) *Verifier {
 	}
 }
 
+// twice is the error for a credential given more than once the same way.
+func twice(what string) *Error {
+	return &Error{Status: http.StatusBadRequest, Text: what + " given more than once: send one"}
+}
+
 // Dev reports whether the Verifier is in dev mode.
 func (v *Verifier) Dev() bool { return len(v.secret) == 0 }
 
@@ -108,10 +113,16 @@ func (v *Verifier) Dev() bool { return len(v.secret) == 0 }
 // token comes from ?token= or an "Authorization: Bearer" header; when both
 // are present, both must be valid and name the same user (otherwise the
 // error's status is 400), and the earlier expiry counts. In dev mode the
-// user comes from ?user=. Errors are *Error.
+// user comes from ?user=. A credential given twice the same way (two
+// ?token=, two headers, two ?user=) is refused with 400: a proxy in front
+// may read the other one. Errors are *Error.
 func (v *Verifier) User(r *http.Request) (string, time.Time, error) {
+	q := r.URL.Query()
 	if v.Dev() {
-		user := r.URL.Query().Get("user")
+		if len(q["user"]) > 1 {
+			return "", time.Time{}, twice("?user=")
+		}
+		user := q.Get("user")
 		if user == "" {
 			return "", time.Time{}, unauthorized("dev mode needs ?user=<id>", nil)
 		}
@@ -120,7 +131,13 @@ func (v *Verifier) User(r *http.Request) (string, time.Time, error) {
 		}
 		return user, time.Time{}, nil
 	}
-	query := r.URL.Query().Get("token")
+	if len(q["token"]) > 1 {
+		return "", time.Time{}, twice("?token=")
+	}
+	if len(r.Header.Values("Authorization")) > 1 {
+		return "", time.Time{}, twice("the Authorization header")
+	}
+	query := q.Get("token")
 	header := ""
 	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 		header = strings.TrimSpace(h[7:])

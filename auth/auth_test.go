@@ -140,6 +140,11 @@ func TestUserFromRequest(t *testing.T) {
 		{dev, "/ws?user=a:b", "", "", 401, "?user=: invalid user id"},
 		{dev, "/ws", "", "", 401, "dev mode needs ?user="},
 		{dev, "/ws?token=" + tok, "", "", 401, "dev mode needs ?user="},
+		// A credential given twice the same way: which one a proxy in front
+		// checked is unknown.
+		{jwtMode, "/ws?token=" + tok + "&token=" + other, "", "", 400, "?token= given more than once"},
+		{jwtMode, "/ws?token=" + tok + "&token=" + tok, "", "", 400, "?token= given more than once"},
+		{dev, "/ws?user=23&user=43", "", "", 400, "?user= given more than once"},
 	}
 	for _, tc := range cases {
 		r := httptest.NewRequest("GET", tc.url, nil)
@@ -166,6 +171,14 @@ func TestUserFromRequest(t *testing.T) {
 		if strings.Contains(err.Error(), "store:") {
 			t.Errorf("%s: client text %q carries a package tag", tc.url, err)
 		}
+	}
+	r := httptest.NewRequest("GET", "/ws", nil)
+	r.Header.Add("Authorization", "Bearer "+tok)
+	r.Header.Add("Authorization", "Bearer "+other)
+	var ae *auth.Error
+	if _, _, err := jwtMode.User(r); !errors.As(err, &ae) || ae.HTTPStatus() != 400 ||
+		!strings.Contains(err.Error(), "Authorization header given more than once") {
+		t.Errorf("two Authorization headers: %v; want 400", err)
 	}
 }
 
