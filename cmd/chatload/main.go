@@ -58,6 +58,8 @@ type config struct {
 	metrics  string
 	batch    bool
 	pid      int
+	redisPID int
+	grace    time.Duration
 	from     string
 	// clients dial from the -from addresses, in turn; empty: the
 	// default client.
@@ -98,7 +100,19 @@ type stats struct {
 	messages atomic.Int64 // WebSocket messages read
 	frames   atomic.Int64 // frames in them
 	counting atomic.Bool
+	// Over the whole run, warm-up and grace included: sends the server
+	// acknowledged, the distinct ones of them delivered, and deliveries
+	// of a message already delivered (or out of its order).
+	allAcked atomic.Int64
+	distinct atomic.Int64
+	dups     atomic.Int64
 }
+
+// peer is what a socket has read from the one user that sends to it:
+// each text carries the sender's count, 1, 2, 3, …, and a conversation
+// is delivered in order, so a count at or below the last one is a
+// duplicate.
+type peer struct{ last int64 }
 
 func (s *stats) add(ack bool, d time.Duration) {
 	if !s.counting.Load() {
@@ -128,25 +142,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
 	fs.BoolVar(&c.batch, "batch", true, "offer batch framing (subprotocol "+batchSubprotocol+"): frames the server writes at once come in one message")
 	fs.IntVar(&c.pid, "pid", 0, "the server's process `id` on this machine; report its CPU time per delivered message (Linux)")
+	fs.IntVar(&c.redisPID, "redis-pid", 0, "the Redis server's process `id` on this machine; report its CPU time per delivered message too (Linux)")
+	fs.DurationVar(&c.grace, "grace", 5*time.Second, "after the last send, how long to wait for what is still on its way before counting it lost")
 	fs.StringVar(&c.from, "from", "", "comma-separated local `addresses` to connect from, in turn: one address reaches one server address with at most as many sockets as it has ephemeral ports (about 28,000 on Linux), so 50,000 sockets on loopback take -from 127.0.0.1,127.0.0.2")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `chatload puts a chat load on a chatd server and reports what it saw.
 
 Users connect in pairs and each sends to its peer at a fixed share of -rate;
 every send must be acknowledged ("sent") and delivered (the peer's "message").
-It reports throughput, ack and delivery latency percentiles and errors; with
+It reports throughput, ack and delivery latency percentiles, errors, the
+acknowledged messages never delivered (lost) and those delivered twice; with
 -rate 0 and -metrics, it holds idle sockets and reports the server's memory
 per socket.
 
 Clients offer batch framing (the chatd.batch subprotocol), in which a
 message may hold several frames separated by "\n"; -batch=false asks for one
 frame per message, as wscat gets. Counts and latencies are per frame either
-way. With -pid, it also reports the server's CPU time per delivered message.
+way. It reports its own CPU time per delivered message and how busy the
+machine was; with -pid and -redis-pid, the server's and Redis's too.
 
 Examples:
   chatload -url ws://127.0.0.1:8080/ws -users 1000 -rate 3000 -duration 30s
-  chatload -rate 10000 -pid $(pgrep -n chatd)                               # with the server's CPU per message
-  chatload -users 10000 -rate 0 -metrics http://127.0.0.1:8080/metrics   # memory per idle socket
+  chatload -rate 10000 -pid $(pgrep -n chatd) -redis-pid $(pgrep -n redis-server)   # CPU per message
+  chatload -users 10000 -rate 0 -metrics http://127.0.0.1:8080/metrics              # memory per idle socket
 
 Many sockets need many file descriptors: chatload raises its limit on open
 files as far as it may, and stops at once if -users needs more (raise the
@@ -163,11 +181,14 @@ Flags:
 	if c.secret == "" {
 		c.secret = os.Getenv("CHAT_SECRET")
 	}
-	if c.users < 2 || c.users%2 != 0 || c.rate < 0 || c.pid < 0 {
-		return errors.New("-users must be even and at least 2, -rate and -pid not negative")
+	if c.users < 2 || c.users%2 != 0 || c.rate < 0 || c.pid < 0 || c.redisPID < 0 || c.grace < 0 {
+		return errors.New("-users must be even and at least 2; -rate, -pid, -redis-pid and -grace not negative")
 	}
-	if c.pid != 0 {
-		if _, err := cpuTime(c.pid); err != nil {
+	for _, pid := range []int{c.pid, c.redisPID} {
+		if pid == 0 {
+			continue
+		}
+		if _, err := cpuTime(pid); err != nil {
 			return err
 		}
 	}
@@ -227,19 +248,13 @@ Flags:
 	runCtx, cancel := context.WithTimeout(ctx, c.warmup+c.duration)
 	defer cancel()
 	interval := time.Duration(float64(time.Second) * float64(c.users) / c.rate)
-	var wg sync.WaitGroup
+	var readers, senders sync.WaitGroup
 	for i, ws := range conns {
-		peer := i ^ 1
-		wg.Add(2)
-		go func() { defer wg.Done(); reader(runCtx, ws, st) }()
-		go func() { defer wg.Done(); sender(runCtx, ws, c, peer, interval, st) }()
+		readers.Go(func() { reader(ctx, ws, st, &peer{}) })
+		senders.Go(func() { sender(runCtx, ws, c, i^1, interval, st) })
 	}
 	time.Sleep(c.warmup)
-	var cpu0 time.Duration
-	var cpuErr error
-	if c.pid != 0 {
-		cpu0, cpuErr = cpuTime(c.pid)
-	}
+	cpu0 := takeCPU(c)
 	st.counting.Store(true)
 	sent0, acked0, recv0 := st.sent.Load(), st.acked.Load(), st.recv.Load()
 	msgs0, frames0 := st.messages.Load(), st.frames.Load()
@@ -249,21 +264,26 @@ Flags:
 	st.counting.Store(false)
 	sent, acked, recv := st.sent.Load()-sent0, st.acked.Load()-acked0, st.recv.Load()-recv0
 	msgs, frames := st.messages.Load()-msgs0, st.frames.Load()-frames0
-	var cpu time.Duration
-	if c.pid != 0 {
-		cpu1, err := cpuTime(c.pid)
-		cpu, cpuErr = cpu1-cpu0, errors.Join(cpuErr, err)
+	cpu := takeCPU(c).since(cpu0)
+	senders.Wait()
+	// What is still on its way has the grace period to arrive; what has
+	// not arrived then is lost.
+	for deadline := time.Now().Add(c.grace); st.distinct.Load() < st.allAcked.Load() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
+	lost := st.allAcked.Load() - st.distinct.Load()
 	for _, ws := range conns {
 		ws.Close(websocket.StatusNormalClosure, "")
 	}
-	wg.Wait()
+	readers.Wait()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	fmt.Fprintf(stdout, "sockets %d, target %.0f msg/s, measured %.1fs\n", c.users, c.rate, elapsed.Seconds())
 	fmt.Fprintf(stdout, "sent %d (%.0f/s), acked %d (%.0f/s), delivered %d (%.0f/s), errors %d\n",
 		sent, float64(sent)/elapsed.Seconds(), acked, float64(acked)/elapsed.Seconds(),
 		recv, float64(recv)/elapsed.Seconds(), st.errs.Load())
+	fmt.Fprintf(stdout, "lost %d (acknowledged, not delivered within %v of the last send), duplicates %d\n",
+		lost, c.grace, st.dups.Load())
 	fmt.Fprintf(stdout, "ack      %s\n", quantiles(st.ack))
 	fmt.Fprintf(stdout, "delivery %s\n", quantiles(st.delivery))
 	batched := 0
@@ -274,17 +294,102 @@ Flags:
 	}
 	fmt.Fprintf(stdout, "read %d frames in %d WebSocket messages (%.2f per message; batch framing on %d of %d sockets)\n",
 		frames, msgs, float64(frames)/float64(max(msgs, 1)), batched, len(conns))
-	switch {
-	case c.pid == 0:
-	case cpuErr != nil:
-		fmt.Fprintf(stdout, "server CPU: %v\n", cpuErr)
-	case recv == 0:
-		fmt.Fprintf(stdout, "server CPU (pid %d) %.2f cores, no messages delivered\n", c.pid, cpu.Seconds()/elapsed.Seconds())
-	default:
-		fmt.Fprintf(stdout, "server CPU (pid %d) %.2f cores, %.0f µs per delivered message\n",
-			c.pid, cpu.Seconds()/elapsed.Seconds(), float64(cpu.Microseconds())/float64(recv))
-	}
+	cpu.report(stdout, c, elapsed, recv)
 	return nil
+}
+
+// cpuTimes is the CPU time used so far by the processes chatload watches,
+// and by the whole machine.
+type cpuTimes struct {
+	server, redis, self, machine time.Duration
+	err                          error
+}
+
+// takeCPU reads the CPU times of the server and Redis (when their pids are
+// given), of chatload itself and of the machine.
+func takeCPU(c config) cpuTimes {
+	var t cpuTimes
+	var errs []error
+	read := func(pid int) time.Duration {
+		d, err := cpuTime(pid)
+		errs = append(errs, err)
+		return d
+	}
+	if c.pid != 0 {
+		t.server = read(c.pid)
+	}
+	if c.redisPID != 0 {
+		t.redis = read(c.redisPID)
+	}
+	t.self = read(os.Getpid())
+	var err error
+	t.machine, err = machineBusy()
+	t.err = errors.Join(append(errs, err)...)
+	return t
+}
+
+// since returns the CPU times used between t0 and t.
+func (t cpuTimes) since(t0 cpuTimes) cpuTimes {
+	return cpuTimes{server: t.server - t0.server, redis: t.redis - t0.redis, self: t.self - t0.self,
+		machine: t.machine - t0.machine, err: errors.Join(t0.err, t.err)}
+}
+
+// report writes the CPU used over elapsed, in cores and per delivered
+// message; what the machine used besides the server, Redis and chatload is
+// other work, which makes the figures less reliable when it is large.
+func (t cpuTimes) report(w io.Writer, c config, elapsed time.Duration, delivered int64) {
+	if t.err != nil {
+		fmt.Fprintf(w, "CPU: %v\n", t.err)
+		return
+	}
+	line := func(what string, d time.Duration) {
+		if delivered == 0 {
+			fmt.Fprintf(w, "%s %.2f cores, no messages delivered\n", what, d.Seconds()/elapsed.Seconds())
+			return
+		}
+		fmt.Fprintf(w, "%s %.2f cores, %.0f µs per delivered message\n",
+			what, d.Seconds()/elapsed.Seconds(), float64(d.Microseconds())/float64(delivered))
+	}
+	if c.pid != 0 {
+		line(fmt.Sprintf("server CPU (pid %d)", c.pid), t.server)
+	}
+	if c.redisPID != 0 {
+		line(fmt.Sprintf("Redis CPU (pid %d)", c.redisPID), t.redis)
+	}
+	line("chatload CPU", t.self)
+	other := t.machine - t.self - t.redis
+	if c.pid != os.Getpid() { // in tests the server runs inside chatload
+		other -= t.server
+	}
+	fmt.Fprintf(w, "machine CPU %.2f cores busy, of which %.2f other work\n",
+		t.machine.Seconds()/elapsed.Seconds(), max(0, other).Seconds()/elapsed.Seconds())
+}
+
+// machineBusy returns the CPU time the whole machine has spent busy (not
+// idle, not waiting for I/O), from /proc/stat.
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("machine cpu time: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, errors.New("machine cpu time: unexpected /proc/stat")
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("machine cpu time: %w", err)
+		}
+		// user nice system idle iowait irq softirq steal (guest time is
+		// in user already).
+		if i != 3 && i != 4 && i < 8 {
+			busy += n
+		}
+	}
+	return time.Duration(busy) * (time.Second / 100), nil
 }
 
 func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
@@ -318,8 +423,9 @@ func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
 }
 
 // sender sends one message every interval, starting at a random phase. The
-// text carries the send time, so the peer can time the delivery, and the id
-// carries it too, for the ack.
+// text carries the send time, so the peer can time the delivery, and the
+// sender's count of its messages, so the peer can tell a duplicate; the id
+// carries the send time too, for the ack.
 func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interval time.Duration, st *stats) {
 	select {
 	case <-time.After(rand.N(interval)):
@@ -328,19 +434,23 @@ func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interva
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	pad := strings.Repeat("x", max(0, c.text-20))
+	pad := strings.Repeat("x", c.text)
 	to := strconv.Quote(c.prefix + strconv.Itoa(peer))
 	var frame []byte
-	for {
-		// {"type":"send","to":"…","text":"<ns> xxx","id":"<ns>"}, built
-		// without fmt or reflection so that the tool stays cheap.
+	for n := 1; ; n++ {
+		// {"type":"send","to":"…","text":"<ns> <n> xxx","id":"<ns>"},
+		// built without fmt or reflection so that the tool stays cheap;
+		// the text is -text bytes, or the two numbers if they are longer.
 		now := strconv.AppendInt(nil, time.Now().UnixNano(), 10)
 		frame = append(frame[:0], `{"type":"send","to":`...)
 		frame = append(frame, to...)
 		frame = append(frame, `,"text":"`...)
+		text := len(frame)
 		frame = append(frame, now...)
 		frame = append(frame, ' ')
-		frame = append(frame, pad...)
+		frame = strconv.AppendInt(frame, int64(n), 10)
+		frame = append(frame, ' ')
+		frame = append(frame, pad[:max(0, c.text-(len(frame)-text))]...)
 		frame = append(frame, `","id":"`...)
 		frame = append(frame, now...)
 		frame = append(frame, `"}`...)
@@ -370,10 +480,10 @@ func field(data []byte, key string) []byte {
 	return nil
 }
 
-// reader reads the socket's messages and counts the frames in them: with
-// batch framing negotiated, a message holds one or more frames separated
-// by "\n"; without it, a message is one frame.
-func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
+// reader reads the socket's messages, from its one peer, and counts the
+// frames in them: with batch framing negotiated, a message holds one or
+// more frames separated by "\n"; without it, a message is one frame.
+func reader(ctx context.Context, ws *websocket.Conn, st *stats, p *peer) {
 	batch := ws.Subprotocol() == batchSubprotocol
 	for {
 		_, data, err := ws.Read(ctx)
@@ -390,24 +500,34 @@ func reader(ctx context.Context, ws *websocket.Conn, st *stats) {
 				data = nil
 			}
 			st.frames.Add(1)
-			received(frame, now, st)
+			received(frame, now, st, p)
 		}
 	}
 }
 
-// received counts one frame read at now (unix ns).
-func received(frame []byte, now int64, st *stats) {
+// received counts one frame read at now (unix ns) from peer p.
+func received(frame []byte, now int64, st *stats, p *peer) {
 	switch string(field(frame, `"type":"`)) {
 	case "sent":
 		st.acked.Add(1)
+		st.allAcked.Add(1)
 		if t, err := strconv.ParseInt(string(field(frame, `"id":"`)), 10, 64); err == nil {
 			st.add(true, time.Duration(now-t))
 		}
 	case "message":
 		st.recv.Add(1)
-		ts, _, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
+		ts, rest, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
 		if t, err := strconv.ParseInt(string(ts), 10, 64); err == nil {
 			st.add(false, time.Duration(now-t))
+		}
+		count, _, _ := bytes.Cut(rest, []byte(" "))
+		if n, err := strconv.ParseInt(string(count), 10, 64); err == nil {
+			if n <= p.last {
+				st.dups.Add(1)
+			} else {
+				p.last = n
+				st.distinct.Add(1)
+			}
 		}
 	case "error":
 		st.errs.Add(1)

@@ -73,8 +73,11 @@ func testLoadReport(t *testing.T, flag, framing string) {
 	url := server(t)
 	var out bytes.Buffer
 	// The server runs in this process: -pid reports the test's CPU.
+	// The server and its miniredis run in this process: -pid and -redis-pid
+	// report the test's CPU.
+	pid := strconv.Itoa(os.Getpid())
 	err := run(t.Context(), []string{"-url", url, "-users", "10", "-rate", "100",
-		"-duration", "1s", "-warmup", "200ms", "-pid", strconv.Itoa(os.Getpid()), flag}, &out, &out)
+		"-duration", "1s", "-warmup", "200ms", "-pid", pid, "-redis-pid", pid, flag}, &out, &out)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
@@ -89,13 +92,37 @@ func testLoadReport(t *testing.T, flag, framing string) {
 	if sent < 50 || errs != 0 || acked < sent*8/10 || delivered < sent*8/10 {
 		t.Fatalf("sent %d acked %d delivered %d errors %d:\n%s", sent, acked, delivered, errs, out.String())
 	}
-	for _, line := range []string{"ack      p50", "delivery p50", framing} {
+	for _, line := range []string{"ack      p50", "delivery p50", framing, "lost 0 (", "duplicates 0"} {
 		if !strings.Contains(out.String(), line) {
 			t.Fatalf("report lacks %q:\n%s", line, out.String())
 		}
 	}
-	if !regexp.MustCompile(`server CPU \(pid \d+\) \d+\.\d\d cores, \d+ µs per delivered message`).MatchString(out.String()) {
-		t.Fatalf("report lacks the server's CPU per message:\n%s", out.String())
+	for _, re := range []string{
+		`server CPU \(pid \d+\) \d+\.\d\d cores, \d+ µs per delivered message`,
+		`Redis CPU \(pid \d+\) \d+\.\d\d cores, \d+ µs per delivered message`,
+		`chatload CPU \d+\.\d\d cores, \d+ µs per delivered message`,
+		`machine CPU \d+\.\d\d cores busy, of which \d+\.\d\d other work`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out.String()) {
+			t.Fatalf("report lacks %s:\n%s", re, out.String())
+		}
+	}
+}
+
+// TestReceivedCountsDuplicates: a peer's messages carry its count; one at
+// or below the last delivered is a duplicate, and only distinct ones count
+// against the acknowledged sends.
+func TestReceivedCountsDuplicates(t *testing.T) {
+	t.Parallel()
+	st, p := &stats{}, &peer{}
+	now := time.Now().UnixNano()
+	for _, n := range []int{1, 2, 2, 4, 1} {
+		received(fmt.Appendf(nil, `{"type":"message","message":{"text":"%d %d xxxx"}}`, now, n), now, st, p)
+	}
+	received([]byte(`{"type":"sent","id":"1"}`), now, st, p)
+	if st.recv.Load() != 5 || st.distinct.Load() != 3 || st.dups.Load() != 2 || st.allAcked.Load() != 1 {
+		t.Fatalf("recv %d distinct %d dups %d acked %d; want 5, 3 (1, 2, 4), 2, 1",
+			st.recv.Load(), st.distinct.Load(), st.dups.Load(), st.allAcked.Load())
 	}
 }
 
@@ -138,7 +165,7 @@ func TestReaderCountsFramesNotMessages(t *testing.T) {
 		}
 		st := &stats{}
 		st.counting.Store(true)
-		reader(t.Context(), ws, st)
+		reader(t.Context(), ws, st, &peer{})
 		srv.Close()
 		msgs := int64(4)
 		if batch {
@@ -156,6 +183,7 @@ func TestReaderCountsFramesNotMessages(t *testing.T) {
 func TestLoadRejectsBadFlags(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"-users", "3"}, {"-users", "0"}, {"-rate", "-1"}, {"-pid", "-1"},
+		{"-redis-pid", "-1"}, {"-grace", "-1s"},
 		{"-from", "127.0.0.1,nowhere"}} {
 		if err := run(t.Context(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
