@@ -68,6 +68,11 @@ type Tracker struct {
 
 	mu    sync.Mutex
 	conns map[string]string // member → user
+	// fresh holds the members of conns whose first entry Add is writing.
+	// A refresh writes them too (a resync's refresh must not miss a
+	// socket that is connecting), but their users coming online is no
+	// lapse.
+	fresh map[string]bool
 	// refreshing is what the refresh in flight is refreshing (nil: none).
 	// A connection of it that ends meanwhile is removed by the refresh,
 	// once done: removed before, it would be written back, and read as its
@@ -100,28 +105,35 @@ func New(cfg Config) (*Tracker, error) {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &Tracker{cfg: cfg, boot: hex.EncodeToString(b[:]), conns: map[string]string{}}, nil
+	return &Tracker{cfg: cfg, boot: hex.EncodeToString(b[:]), conns: map[string]string{}, fresh: map[string]bool{}}, nil
 }
 
 // Add registers a new live connection of user and returns its member name,
 // "<replica> <boot>-<n>", unique across restarts of the replica.
-//
-// The heartbeat learns of the connection once its entry is written: a
-// heartbeat that wrote it first would find the user newly online and take
-// that for a lapse of the replica's entries.
 func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 	member := fmt.Sprintf("%s %s-%d", t.cfg.Replica, t.boot, t.seq.Add(1))
-	if _, err := t.cfg.Backend.Connect(ctx, user, member, t.cfg.Now().Add(t.cfg.TTL)); err != nil {
-		// The entry may have been written before the call failed (a timeout
-		// on the way back): remove it, or it reads online until it expires.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_, _ = t.cfg.Backend.Disconnect(cctx, user, member)
-		return "", err
-	}
 	t.mu.Lock()
 	t.conns[member] = user
+	t.fresh[member] = true
 	t.mu.Unlock()
+	_, err := t.cfg.Backend.Connect(ctx, user, member, t.cfg.Now().Add(t.cfg.TTL))
+	t.mu.Lock()
+	delete(t.fresh, member)
+	later := false
+	if err != nil {
+		later = t.forgetLocked(member)
+	}
+	t.mu.Unlock()
+	if err != nil {
+		// The entry may have been written before the call failed (a timeout
+		// on the way back): remove it, or it reads online until it expires.
+		if !later {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_, _ = t.cfg.Backend.Disconnect(cctx, user, member)
+		}
+		return "", err
+	}
 	return member, nil
 }
 
@@ -129,14 +141,21 @@ func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 // that refreshes it is in flight, the heartbeat removes it when done.
 func (t *Tracker) Remove(ctx context.Context, user, member string) error {
 	t.mu.Lock()
-	delete(t.conns, member)
-	_, later := t.refreshing[member]
+	later := t.forgetLocked(member)
 	t.mu.Unlock()
 	if later {
 		return nil
 	}
 	_, err := t.cfg.Backend.Disconnect(ctx, user, member)
 	return err
+}
+
+// forgetLocked unregisters member and reports whether the refresh in
+// flight covers it, and so removes its entry when done. t.mu is held.
+func (t *Tracker) forgetLocked(member string) (later bool) {
+	delete(t.conns, member)
+	_, later = t.refreshing[member]
+	return later
 }
 
 // Online reports whether each user has a live connection on any replica.
@@ -180,20 +199,42 @@ func (t *Tracker) Run(ctx context.Context) error {
 }
 
 // Refresh pushes the expiry of every registered connection forward. It
-// reports whether any of them had lapsed. Connections that end while it
-// runs are removed when it is done (see Remove). Refreshes run one at a
-// time.
+// reports whether any of them had lapsed; one that Add is still writing
+// has not. Connections that end while it runs are removed when it is done
+// (see Remove). Refreshes run one at a time.
 func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
 	t.refreshMu.Lock()
 	defer t.refreshMu.Unlock()
 	t.mu.Lock()
 	conns := make(map[string]string, len(t.conns))
+	var fresh map[string]string
 	for m, u := range t.conns {
 		conns[m] = u
+		if t.fresh[m] {
+			if fresh == nil {
+				fresh = map[string]string{}
+			}
+			fresh[m] = u
+		}
 	}
 	t.refreshing = conns
 	t.mu.Unlock()
-	lapsed, err = t.cfg.Backend.Refresh(ctx, conns, t.cfg.Now().Add(t.cfg.TTL))
+	settled := conns
+	if fresh != nil {
+		settled = make(map[string]string, len(conns)-len(fresh))
+		for m, u := range conns {
+			if _, ok := fresh[m]; !ok {
+				settled[m] = u
+			}
+		}
+	}
+	expiry := t.cfg.Now().Add(t.cfg.TTL)
+	lapsed, err = t.cfg.Backend.Refresh(ctx, settled, expiry)
+	if fresh != nil {
+		if _, ferr := t.cfg.Backend.Refresh(ctx, fresh, expiry); err == nil {
+			err = ferr
+		}
+	}
 	t.mu.Lock()
 	t.refreshing = nil
 	ended := map[string]string{}

@@ -199,8 +199,9 @@ func (b gatedBackend) Connect(ctx context.Context, user, member string, expiry t
 }
 
 // TestHeartbeatDuringAddIsNoLapse: a heartbeat while a connection's entry
-// is being written does not report a lapse (which would tell every socket
-// of the replica to resync), and the connection is kept alive after.
+// is being written writes it too (a resync's refresh must not miss a socket
+// that is connecting) but does not report a lapse (which would tell every
+// socket of the replica to resync), and the connection is kept alive after.
 func TestHeartbeatDuringAddIsNoLapse(t *testing.T) {
 	t.Parallel()
 	r := redistest.New(t)
@@ -219,6 +220,9 @@ func TestHeartbeatDuringAddIsNoLapse(t *testing.T) {
 	<-b.entered
 	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
 		t.Fatalf("heartbeat during a connect: lapsed %v, %v; want no lapse", lapsed, err)
+	}
+	if !online(t, tr, "23") {
+		t.Fatal("the heartbeat during a connect did not write its entry")
 	}
 	close(b.open)
 	if err := <-added; err != nil {
