@@ -336,7 +336,8 @@ func (c *conn) removePresence(parent context.Context, id string) {
 }
 
 // run reads from an opened socket (presence entry id) until it ends. It
-// returns only after the writer has ended and the presence entry is gone.
+// returns only after the writer has ended and the presence entry is
+// unregistered (removed, or left to the heartbeat in flight to remove).
 func (c *conn) run(parent context.Context, id string) {
 	h := c.h
 	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))

@@ -56,7 +56,8 @@ type Store interface {
 type Presence interface {
 	// Add registers a socket of user and returns its presence member.
 	Add(ctx context.Context, user string) (member string, err error)
-	// Remove unregisters it.
+	// Remove unregisters it and removes its entry, or leaves that to the
+	// heartbeat in flight, which would otherwise write it back.
 	Remove(ctx context.Context, user, member string) error
 	// Online reports whether each user has a live socket on any replica.
 	Online(ctx context.Context, users []string) (map[string]bool, error)

@@ -63,8 +63,11 @@ type Tracker struct {
 	boot string
 	seq  atomic.Uint64
 
-	// refreshMu is held by the refresh in flight.
-	refreshMu sync.Mutex
+	// refreshTurn holds a token while a refresh runs: refreshes run one at
+	// a time, and one asked for by a resync (after Redis lost its data)
+	// must start after the data was lost, so it waits for the one in
+	// flight rather than sharing it.
+	refreshTurn chan struct{}
 
 	mu    sync.Mutex
 	conns map[string]string // member → user
@@ -105,7 +108,8 @@ func New(cfg Config) (*Tracker, error) {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &Tracker{cfg: cfg, boot: hex.EncodeToString(b[:]), conns: map[string]string{}, fresh: map[string]bool{}}, nil
+	return &Tracker{cfg: cfg, boot: hex.EncodeToString(b[:]), refreshTurn: make(chan struct{}, 1),
+		conns: map[string]string{}, fresh: map[string]bool{}}, nil
 }
 
 // Add registers a new live connection of user and returns its member name,
@@ -137,8 +141,10 @@ func (t *Tracker) Add(ctx context.Context, user string) (string, error) {
 	return member, nil
 }
 
-// Remove unregisters the connection member of user. While a heartbeat
-// that refreshes it is in flight, the heartbeat removes it when done.
+// Remove unregisters the connection member of user and removes its entry.
+// While a refresh that covers it is in flight, Remove returns at once and
+// the refresh removes the entry when done: removed now, it would be
+// written back.
 func (t *Tracker) Remove(ctx context.Context, user, member string) error {
 	t.mu.Lock()
 	later := t.forgetLocked(member)
@@ -148,6 +154,45 @@ func (t *Tracker) Remove(ctx context.Context, user, member string) error {
 	}
 	_, err := t.cfg.Backend.Disconnect(ctx, user, member)
 	return err
+}
+
+// removeConcurrency bounds the removals removeAll makes at once.
+const removeConcurrency = 16
+
+// removeAll removes the entries of connections that ended while a refresh
+// covering them ran (member → user), several at a time, each with a time
+// of its own, even when ctx has ended: they are owed to Remove. Failures
+// are logged: such an entry reads online until it expires.
+func (t *Tracker) removeAll(ctx context.Context, conns map[string]string) {
+	if len(conns) == 0 {
+		return
+	}
+	type entry struct{ user, member string }
+	work := make(chan entry)
+	var failed atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range min(len(conns), removeConcurrency) {
+		wg.Go(func() {
+			for e := range work {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				if _, err := t.cfg.Backend.Disconnect(rctx, e.user, e.member); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+				}
+				cancel()
+			}
+		})
+	}
+	for m, u := range conns {
+		work <- entry{u, m}
+	}
+	close(work)
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.cfg.Logger.Warn("presence: entries of sockets that ended during a heartbeat were not removed; they expire by themselves",
+			"failed", n, "of", len(conns), "err", *firstErr.Load())
+	}
 }
 
 // forgetLocked unregisters member and reports whether the refresh in
@@ -183,11 +228,14 @@ func (t *Tracker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-beat.C:
-			if lapsed, err := t.Refresh(ctx); err != nil {
-				if ctx.Err() == nil {
-					t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
-				}
-			} else if lapsed && t.cfg.OnLapse != nil {
+			// A lapse found counts even when part of the refresh failed:
+			// the next one, having written the entries again, cannot find
+			// it any more.
+			lapsed, err := t.Refresh(ctx)
+			if err != nil && ctx.Err() == nil {
+				t.cfg.Logger.Warn("presence heartbeat failed", "err", err)
+			}
+			if lapsed && t.cfg.OnLapse != nil {
 				t.cfg.OnLapse()
 			}
 		case <-reap.C:
@@ -201,10 +249,14 @@ func (t *Tracker) Run(ctx context.Context) error {
 // Refresh pushes the expiry of every registered connection forward. It
 // reports whether any of them had lapsed; one that Add is still writing
 // has not. Connections that end while it runs are removed when it is done
-// (see Remove). Refreshes run one at a time.
+// (see Remove); a failure to remove one is logged, not returned. Refreshes
+// run one at a time.
 func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
-	t.refreshMu.Lock()
-	defer t.refreshMu.Unlock()
+	select {
+	case t.refreshTurn <- struct{}{}:
+	case <-ctx.Done():
+		return false, fmt.Errorf("presence refresh: %w", ctx.Err())
+	}
 	t.mu.Lock()
 	conns := make(map[string]string, len(t.conns))
 	var fresh map[string]string
@@ -244,14 +296,10 @@ func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
 		}
 	}
 	t.mu.Unlock()
-	// The removals owed to Remove are made even when ctx has ended.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	for m, u := range ended {
-		if _, derr := t.cfg.Backend.Disconnect(dctx, u, m); derr != nil && err == nil {
-			err = derr
-		}
-	}
+	<-t.refreshTurn
+	// A later refresh cannot write these back (they are not registered any
+	// more), so they are removed outside the turn.
+	t.removeAll(ctx, ended)
 	if err != nil {
 		return lapsed, fmt.Errorf("presence refresh: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,10 +116,19 @@ func TestNewValidates(t *testing.T) {
 }
 
 // racyBackend runs hook inside Refresh, before the entries are written:
-// a socket closing while a heartbeat is in flight.
+// a socket closing while a heartbeat is in flight. With failDisconnect,
+// every removal fails.
 type racyBackend struct {
 	*store.Store
-	hook func()
+	hook           func()
+	failDisconnect bool
+}
+
+func (b *racyBackend) Disconnect(ctx context.Context, user, member string) (bool, error) {
+	if b.failDisconnect {
+		return false, errors.New("i/o timeout")
+	}
+	return b.Store.Disconnect(ctx, user, member)
 }
 
 func (b *racyBackend) Refresh(ctx context.Context, conns map[string]string, expiry time.Time) (bool, error) {
@@ -152,6 +162,91 @@ func TestRemoveDuringHeartbeatStaysRemoved(t *testing.T) {
 	}
 	if online(t, tr, "23") {
 		t.Fatal("a socket removed during a heartbeat reads online again")
+	}
+}
+
+// TestLapseReportedWhenARemovalFails: a heartbeat that finds the
+// replica's entries lapsed reports it even when removing a socket that
+// ended meanwhile fails: the next heartbeat, having written the entries
+// again, could not find the lapse any more.
+func TestLapseReportedWhenARemovalFails(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	b := &racyBackend{Store: store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now}), failDisconnect: true}
+	lapses := make(chan struct{}, 10)
+	tr, err := presence.New(presence.Config{Backend: b, Replica: "a", Now: clk.Now,
+		TTL: 10 * time.Second, Heartbeat: 20 * time.Millisecond, ReapInterval: time.Hour,
+		OnLapse: func() { lapses <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Add(t.Context(), "23"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tr.Add(t.Context(), "43")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.hook = func() { _ = tr.Remove(t.Context(), "43", m) }
+	clk.Advance(11 * time.Second) // as if the replica had stalled past the TTL
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-lapses:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no lapse reported: a failed removal hid it")
+	}
+}
+
+// TestRefreshesTakeTurns: a refresh asked for while another runs (a
+// resync during a heartbeat) waits for it, then runs, and a socket that
+// ended during the first stays removed; one whose context ends while it
+// waits returns.
+func TestRefreshesTakeTurns(t *testing.T) {
+	t.Parallel()
+	r := redistest.New(t)
+	clk := &clock{}
+	b := &racyBackend{Store: store.New(r.Client, store.Config{Prefix: r.Prefix, Now: clk.Now})}
+	tr, err := presence.New(presence.Config{Backend: b, Replica: "a", Now: clk.Now, TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Add(t.Context(), "23"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tr.Add(t.Context(), "43")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		lapsed bool
+		err    error
+	}
+	second := make(chan result, 1)
+	b.hook = func() {
+		// A refresh whose context has ended gives up its wait.
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if _, err := tr.Refresh(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Refresh with an ended context while another runs: %v", err)
+		}
+		go func() {
+			lapsed, err := tr.Refresh(t.Context())
+			second <- result{lapsed, err}
+		}()
+		_ = tr.Remove(t.Context(), "43", m)
+	}
+	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
+		t.Fatalf("first Refresh = %v, %v; want no lapse", lapsed, err)
+	}
+	if got := <-second; got.err != nil || got.lapsed {
+		t.Fatalf("second Refresh = %v, %v; want no lapse", got.lapsed, got.err)
+	}
+	if !online(t, tr, "23") || online(t, tr, "43") || tr.Len() != 1 {
+		t.Fatal("after both refreshes: want 23 online, 43 removed")
 	}
 }
 
@@ -217,6 +312,8 @@ func TestHeartbeatDuringAddIsNoLapse(t *testing.T) {
 		_, err := tr.Add(t.Context(), "23")
 		added <- err
 	}()
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(b.open) }) })
 	<-b.entered
 	if lapsed, err := tr.Refresh(t.Context()); err != nil || lapsed {
 		t.Fatalf("heartbeat during a connect: lapsed %v, %v; want no lapse", lapsed, err)
@@ -224,7 +321,7 @@ func TestHeartbeatDuringAddIsNoLapse(t *testing.T) {
 	if !online(t, tr, "23") {
 		t.Fatal("the heartbeat during a connect did not write its entry")
 	}
-	close(b.open)
+	release.Do(func() { close(b.open) })
 	if err := <-added; err != nil {
 		t.Fatal(err)
 	}
