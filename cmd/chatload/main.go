@@ -100,19 +100,49 @@ type stats struct {
 	messages atomic.Int64 // WebSocket messages read
 	frames   atomic.Int64 // frames in them
 	counting atomic.Bool
-	// Over the whole run, warm-up and grace included: sends the server
-	// acknowledged, the distinct ones of them delivered, and deliveries
-	// of a message already delivered (or out of its order).
-	allAcked atomic.Int64
-	distinct atomic.Int64
+	// Over the whole run, warm-up and grace included: sends answered
+	// (acknowledged or refused), acknowledged messages not delivered yet,
+	// and deliveries of a message delivered before.
+	answered atomic.Int64
+	owed     atomic.Int64
 	dups     atomic.Int64
 }
 
-// peer is what a socket has read from the one user that sends to it:
-// each text carries the sender's count, 1, 2, 3, …, and a conversation
-// is delivered in order, so a count at or below the last one is a
-// duplicate.
-type peer struct{ last int64 }
+// flow is what became of one user's messages. Each text carries the
+// sender's count, 1, 2, 3, …; the sender's socket reads the acks and the
+// peer's socket the deliveries, so both mark the count here.
+type flow struct {
+	mu    sync.Mutex
+	state []uint8 // by count - 1: flowAcked, flowDelivered
+}
+
+const (
+	flowAcked uint8 = 1 << iota
+	flowDelivered
+)
+
+// mark sets bit for count n (from 1) and returns what was set before.
+func (f *flow) mark(n int64, bit uint8) uint8 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n < 1 || n > 1<<30 {
+		return 0
+	}
+	for int64(len(f.state)) < n {
+		f.state = append(f.state, 0)
+	}
+	before := f.state[n-1]
+	f.state[n-1] |= bit
+	return before
+}
+
+// textCount returns the sender's count from a frame's text ("<ns> <n> …").
+func textCount(frame []byte) (int64, bool) {
+	_, rest, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
+	count, _, _ := bytes.Cut(rest, []byte(" "))
+	n, err := strconv.ParseInt(string(count), 10, 64)
+	return n, err == nil
+}
 
 func (s *stats) add(ack bool, d time.Duration) {
 	if !s.counting.Load() {
@@ -137,7 +167,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.duration, "duration", 30*time.Second, "how long to measure")
 	fs.DurationVar(&c.warmup, "warmup", 5*time.Second, "load before measuring")
 	fs.StringVar(&c.secret, "secret", "", "token `secret` (default: env CHAT_SECRET); empty uses ?user=")
-	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number")
+	fs.StringVar(&c.prefix, "user-prefix", "load", "user ids are `prefix` plus a number (runs at the same time on one server need different ones)")
 	fs.IntVar(&c.text, "text", 64, "message text `bytes`")
 	fs.StringVar(&c.metrics, "metrics", "", "the server's /metrics `URL`; with -rate 0, report its memory per idle socket")
 	fs.BoolVar(&c.batch, "batch", true, "offer batch framing (subprotocol "+batchSubprotocol+"): frames the server writes at once come in one message")
@@ -200,8 +230,12 @@ Flags:
 	}
 	need := uint64(c.users) + fileHeadroom
 	if have, err := fdlimit.Raise(need); have < need {
-		return fmt.Errorf("-users %d needs about %d open files, and this process may open %d (%v): raise the limit (ulimit -n)",
-			c.users, need, have, err)
+		msg := fmt.Sprintf("-users %d needs about %d open files, and this process may open %d: raise the limit (ulimit -n)",
+			c.users, need, have)
+		if err != nil {
+			return fmt.Errorf("%s: %w", msg, err)
+		}
+		return errors.New(msg)
 	}
 	var before map[string]float64
 	if c.metrics != "" {
@@ -249,8 +283,9 @@ Flags:
 	defer cancel()
 	interval := time.Duration(float64(time.Second) * float64(c.users) / c.rate)
 	var readers, senders sync.WaitGroup
+	flows := make([]flow, len(conns))
 	for i, ws := range conns {
-		readers.Go(func() { reader(ctx, ws, st, &peer{}) })
+		readers.Go(func() { reader(ctx, ws, st, &flows[i], &flows[i^1]) })
 		senders.Go(func() { sender(runCtx, ws, c, i^1, interval, st) })
 	}
 	time.Sleep(c.warmup)
@@ -266,12 +301,13 @@ Flags:
 	msgs, frames := st.messages.Load()-msgs0, st.frames.Load()-frames0
 	cpu := takeCPU(c).since(cpu0)
 	senders.Wait()
-	// What is still on its way has the grace period to arrive; what has
-	// not arrived then is lost.
-	for deadline := time.Now().Add(c.grace); st.distinct.Load() < st.allAcked.Load() && time.Now().Before(deadline); {
+	// What is still on its way, answers first, has the grace period to
+	// arrive; an acknowledged message not delivered then is lost.
+	for deadline := time.Now().Add(c.grace); (st.answered.Load() < st.sent.Load() || st.owed.Load() > 0) &&
+		time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	lost := st.allAcked.Load() - st.distinct.Load()
+	lost, unanswered := st.owed.Load(), st.sent.Load()-st.answered.Load()
 	for _, ws := range conns {
 		ws.Close(websocket.StatusNormalClosure, "")
 	}
@@ -282,8 +318,8 @@ Flags:
 	fmt.Fprintf(stdout, "sent %d (%.0f/s), acked %d (%.0f/s), delivered %d (%.0f/s), errors %d\n",
 		sent, float64(sent)/elapsed.Seconds(), acked, float64(acked)/elapsed.Seconds(),
 		recv, float64(recv)/elapsed.Seconds(), st.errs.Load())
-	fmt.Fprintf(stdout, "lost %d (acknowledged, not delivered within %v of the last send), duplicates %d\n",
-		lost, c.grace, st.dups.Load())
+	fmt.Fprintf(stdout, "lost %d (acknowledged, not delivered within %v of the last send), duplicates %d, unanswered %d\n",
+		lost, c.grace, st.dups.Load(), unanswered)
 	fmt.Fprintf(stdout, "ack      %s\n", quantiles(st.ack))
 	fmt.Fprintf(stdout, "delivery %s\n", quantiles(st.delivery))
 	batched := 0
@@ -302,7 +338,8 @@ Flags:
 // and by the whole machine.
 type cpuTimes struct {
 	server, redis, self, machine time.Duration
-	err                          error
+	local                        bool  // self and machine were read (Linux)
+	err                          error // reading -pid's or -redis-pid's failed
 }
 
 // takeCPU reads the CPU times of the server and Redis (when their pids are
@@ -321,17 +358,17 @@ func takeCPU(c config) cpuTimes {
 	if c.redisPID != 0 {
 		t.redis = read(c.redisPID)
 	}
-	t.self = read(os.Getpid())
-	var err error
-	t.machine, err = machineBusy()
-	t.err = errors.Join(append(errs, err)...)
+	t.err = errors.Join(errs...)
+	self, serr := cpuTime(os.Getpid())
+	machine, merr := machineBusy()
+	t.self, t.machine, t.local = self, machine, serr == nil && merr == nil
 	return t
 }
 
 // since returns the CPU times used between t0 and t.
 func (t cpuTimes) since(t0 cpuTimes) cpuTimes {
 	return cpuTimes{server: t.server - t0.server, redis: t.redis - t0.redis, self: t.self - t0.self,
-		machine: t.machine - t0.machine, err: errors.Join(t0.err, t.err)}
+		machine: t.machine - t0.machine, local: t0.local && t.local, err: errors.Join(t0.err, t.err)}
 }
 
 // report writes the CPU used over elapsed, in cores and per delivered
@@ -356,10 +393,17 @@ func (t cpuTimes) report(w io.Writer, c config, elapsed time.Duration, delivered
 	if c.redisPID != 0 {
 		line(fmt.Sprintf("Redis CPU (pid %d)", c.redisPID), t.redis)
 	}
+	if !t.local {
+		return
+	}
 	line("chatload CPU", t.self)
-	other := t.machine - t.self - t.redis
-	if c.pid != os.Getpid() { // in tests the server runs inside chatload
+	// Each process once: in tests the server and Redis run inside chatload.
+	other := t.machine - t.self
+	if c.pid != 0 && c.pid != os.Getpid() {
 		other -= t.server
+	}
+	if c.redisPID != 0 && c.redisPID != os.Getpid() && c.redisPID != c.pid {
+		other -= t.redis
 	}
 	fmt.Fprintf(w, "machine CPU %.2f cores busy, of which %.2f other work\n",
 		t.machine.Seconds()/elapsed.Seconds(), max(0, other).Seconds()/elapsed.Seconds())
@@ -480,10 +524,11 @@ func field(data []byte, key string) []byte {
 	return nil
 }
 
-// reader reads the socket's messages, from its one peer, and counts the
-// frames in them: with batch framing negotiated, a message holds one or
-// more frames separated by "\n"; without it, a message is one frame.
-func reader(ctx context.Context, ws *websocket.Conn, st *stats, p *peer) {
+// reader reads the socket's messages and counts the frames in them: with
+// batch framing negotiated, a message holds one or more frames separated
+// by "\n"; without it, a message is one frame. own is the socket's user's
+// flow, from the flow of its one peer.
+func reader(ctx context.Context, ws *websocket.Conn, st *stats, own, from *flow) {
 	batch := ws.Subprotocol() == batchSubprotocol
 	for {
 		_, data, err := ws.Read(ctx)
@@ -500,37 +545,41 @@ func reader(ctx context.Context, ws *websocket.Conn, st *stats, p *peer) {
 				data = nil
 			}
 			st.frames.Add(1)
-			received(frame, now, st, p)
+			received(frame, now, st, own, from)
 		}
 	}
 }
 
-// received counts one frame read at now (unix ns) from peer p.
-func received(frame []byte, now int64, st *stats, p *peer) {
+// received counts one frame read at now (unix ns) on the socket whose
+// user's flow is own and whose peer's is from.
+func received(frame []byte, now int64, st *stats, own, from *flow) {
 	switch string(field(frame, `"type":"`)) {
 	case "sent":
 		st.acked.Add(1)
-		st.allAcked.Add(1)
+		st.answered.Add(1)
 		if t, err := strconv.ParseInt(string(field(frame, `"id":"`)), 10, 64); err == nil {
 			st.add(true, time.Duration(now-t))
 		}
+		if n, ok := textCount(frame); ok && own.mark(n, flowAcked) == 0 {
+			st.owed.Add(1) // acknowledged, not delivered yet
+		}
 	case "message":
 		st.recv.Add(1)
-		ts, rest, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
+		ts, _, _ := bytes.Cut(field(frame, `"text":"`), []byte(" "))
 		if t, err := strconv.ParseInt(string(ts), 10, 64); err == nil {
 			st.add(false, time.Duration(now-t))
 		}
-		count, _, _ := bytes.Cut(rest, []byte(" "))
-		if n, err := strconv.ParseInt(string(count), 10, 64); err == nil {
-			if n <= p.last {
+		if n, ok := textCount(frame); ok {
+			switch before := from.mark(n, flowDelivered); {
+			case before&flowDelivered != 0:
 				st.dups.Add(1)
-			} else {
-				p.last = n
-				st.distinct.Add(1)
+			case before&flowAcked != 0:
+				st.owed.Add(-1)
 			}
 		}
 	case "error":
 		st.errs.Add(1)
+		st.answered.Add(1)
 	}
 }
 
