@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatd/chatd/auth"
+	"github.com/chatd/chatd/internal/fdlimit"
 	"github.com/chatd/chatd/internal/logbuf"
 	"github.com/chatd/chatd/internal/redistest"
 )
@@ -738,17 +741,22 @@ func TestBadEnvironmentValuesAreErrors(t *testing.T) {
 	}
 }
 
-// TestFileLimitWarning: a -max-conns past what the process may open (no
-// Linux process may open 2,000,000 files by default) is warned about at
-// start, and the server runs; one within the limit is not warned about.
+// TestFileLimitWarning: a -max-conns past what any process may open here
+// is warned about at start, and the server runs; one within the limit is
+// not warned about.
 func TestFileLimitWarning(t *testing.T) {
 	t.Parallel()
+	ceiling, ok := fdlimit.Ceiling()
+	if !ok {
+		t.Skip("the system does not say how many files a process may open at most")
+	}
 	env, args := redisEnv(t)
-	over := start(t, env, append(args, "-max-conns", "2000000", "-replica", "over")...)
+	over := start(t, env, append(args, "-max-conns", strconv.FormatUint(ceiling, 10), "-replica", "over")...)
 	within := start(t, env, append(args, "-max-conns", "100", "-replica", "within")...)
 	const warning = "the open-file limit is below what -max-conns needs"
-	if logs := over.logs.String(); !strings.Contains(logs, warning) || !strings.Contains(logs, `"need":2000256`) {
-		t.Errorf("-max-conns 2000000: no warning with the need in the log:\n%s", logs)
+	if logs := over.logs.String(); !strings.Contains(logs, warning) ||
+		!strings.Contains(logs, fmt.Sprintf(`"need":%d`, ceiling+fileHeadroom)) {
+		t.Errorf("-max-conns %d: no warning with the need in the log:\n%s", ceiling, logs)
 	}
 	if logs := within.logs.String(); strings.Contains(logs, warning) {
 		t.Errorf("-max-conns 100 warned:\n%s", logs)

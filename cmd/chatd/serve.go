@@ -82,8 +82,12 @@ func checkFileLimit(log *slog.Logger, maxConns int) {
 	need := uint64(maxConns) + fileHeadroom
 	have, err := fdlimit.Raise(need)
 	if have < need {
+		attrs := []any{"max_conns", maxConns, "need", need, "limit", have}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
 		log.Warn("the open-file limit is below what -max-conns needs; connects past it fail until it is raised (ulimit -n, or LimitNOFILE in a systemd unit)",
-			"max_conns", maxConns, "need", need, "limit", have, "err", err)
+			attrs...)
 	}
 }
 

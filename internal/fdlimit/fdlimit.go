@@ -7,3 +7,7 @@ package fdlimit
 // raised up to the hard one, and the hard one only by a process allowed to
 // (CAP_SYS_RESOURCE). On systems without such a limit it returns need.
 func Raise(need uint64) (uint64, error) { return raise(need) }
+
+// Ceiling returns the most open files any process may have on this system,
+// privileged or not (Linux: fs.nr_open), and whether it is known.
+func Ceiling() (uint64, bool) { return ceiling() }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 package fdlimit
 
@@ -22,7 +22,7 @@ func TestRaise(t *testing.T) {
 	orig := limits(t)
 	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig) })
 	if orig.Max < 512 {
-		t.Fatalf("hard open-file limit %d: too low to test", orig.Max)
+		t.Skipf("hard open-file limit %d: too low to lower the soft one under it", orig.Max)
 	}
 	low := orig
 	low.Cur = 256
@@ -39,6 +39,9 @@ func TestRaise(t *testing.T) {
 	}
 
 	// Past the hard limit: the process gets what it may have.
+	if uint64(orig.Max) == ^uint64(0) {
+		return // no hard limit to go past
+	}
 	got, err = Raise(uint64(orig.Max) + 1)
 	now := limits(t)
 	if uint64(now.Cur) != got {
@@ -46,5 +49,19 @@ func TestRaise(t *testing.T) {
 	}
 	if got < uint64(orig.Max) {
 		t.Fatalf("Raise past the hard limit %d gave %d, %v; want at least the hard limit", orig.Max, got, err)
+	}
+}
+
+// TestCeiling: no process may have more files than the ceiling, not even
+// a privileged one.
+func TestCeiling(t *testing.T) {
+	c, ok := Ceiling()
+	if !ok {
+		t.Skip("the system does not say its ceiling (Linux's /proc/sys/fs/nr_open)")
+	}
+	orig := limits(t)
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig) })
+	if got, _ := Raise(c + 1); got > c {
+		t.Fatalf("Raise past the ceiling %d gave %d", c, got)
 	}
 }

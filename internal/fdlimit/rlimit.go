@@ -1,9 +1,12 @@
-//go:build unix
+//go:build linux || darwin
 
 package fdlimit
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -28,4 +31,13 @@ func raise(need uint64) (uint64, error) {
 		return uint64(lim.Cur), fmt.Errorf("raising the open-file limit to %d: %w", want.Cur, err)
 	}
 	return uint64(want.Cur), nil
+}
+
+func ceiling() (uint64, bool) {
+	b, err := os.ReadFile("/proc/sys/fs/nr_open")
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n, err == nil
 }
