@@ -41,7 +41,7 @@ func CheckSecret(secret string) error {
 // every *Error.
 type Error struct {
 	// Status is the HTTP status to answer: 401, or 400 for a request that
-	// names two different users.
+	// names two different users or gives a credential twice.
 	Status int
 	// Text is the message for the client.
 	Text string

@@ -113,6 +113,12 @@ func TestSubscriberRetriesRefusedSubscribe(t *testing.T) {
 	if d := rec.waitDeliveries(t, 1)[0]; d.Message.Text != "once allowed" {
 		t.Fatalf("delivery = %+v", d)
 	}
+	// The first subscription, however late, is no break of a link.
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.resyncs != 0 || sub.Reconnects() != 0 {
+		t.Fatalf("Resync called %d times, %d reconnects; want none for the first subscription", rec.resyncs, sub.Reconnects())
+	}
 }
 
 // timeoutErr is a network error that says it timed out.
@@ -125,6 +131,7 @@ func (timeoutErr) Temporary() bool { return true }
 // TestIsQuiet: a read that timed out is a quiet link, to be pinged; a dial
 // that timed out is a broken one, and so is any other error.
 func TestIsQuiet(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		err  error
 		want bool
