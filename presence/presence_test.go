@@ -165,6 +165,19 @@ func TestRemoveDuringHeartbeatStaysRemoved(t *testing.T) {
 	}
 }
 
+// addPair adds a socket of 23 and one of 43, and returns 43's member.
+func addPair(t *testing.T, tr *presence.Tracker) string {
+	t.Helper()
+	if _, err := tr.Add(t.Context(), "23"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tr.Add(t.Context(), "43")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // TestLapseReportedWhenARemovalFails: a heartbeat that finds the
 // replica's entries lapsed reports it even when removing a socket that
 // ended meanwhile fails: the next heartbeat, having written the entries
@@ -181,13 +194,7 @@ func TestLapseReportedWhenARemovalFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.Add(t.Context(), "23"); err != nil {
-		t.Fatal(err)
-	}
-	m, err := tr.Add(t.Context(), "43")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := addPair(t, tr)
 	b.hook = func() { _ = tr.Remove(t.Context(), "43", m) }
 	clk.Advance(11 * time.Second) // as if the replica had stalled past the TTL
 	ctx, cancel := context.WithCancel(context.Background())
@@ -214,13 +221,7 @@ func TestRefreshesTakeTurns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.Add(t.Context(), "23"); err != nil {
-		t.Fatal(err)
-	}
-	m, err := tr.Add(t.Context(), "43")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := addPair(t, tr)
 	type result struct {
 		lapsed bool
 		err    error
