@@ -286,7 +286,7 @@ Flags:
 	flows := make([]flow, len(conns))
 	for i, ws := range conns {
 		readers.Go(func() { reader(ctx, ws, st, &flows[i], &flows[i^1]) })
-		senders.Go(func() { sender(runCtx, ws, c, i^1, interval, st) })
+		senders.Go(func() { sender(ctx, runCtx.Done(), ws, c, i^1, interval, st) })
 	}
 	time.Sleep(c.warmup)
 	cpu0 := takeCPU(c)
@@ -470,10 +470,14 @@ func dial(ctx context.Context, c config, i int) (*websocket.Conn, error) {
 // text carries the send time, so the peer can time the delivery, and the
 // sender's count of its messages, so the peer can tell a duplicate; the id
 // carries the send time too, for the ack.
-func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interval time.Duration, st *stats) {
+//
+// It sends until stop is closed. Writes take ctx, not the end of the run:
+// a write cut short by a deadline would close the socket, and the message
+// would read as unanswered.
+func sender(ctx context.Context, stop <-chan struct{}, ws *websocket.Conn, c config, peer int, interval time.Duration, st *stats) {
 	select {
 	case <-time.After(rand.N(interval)):
-	case <-ctx.Done():
+	case <-stop:
 		return
 	}
 	t := time.NewTicker(interval)
@@ -503,7 +507,7 @@ func sender(ctx context.Context, ws *websocket.Conn, c config, peer int, interva
 		}
 		st.sent.Add(1)
 		select {
-		case <-ctx.Done():
+		case <-stop:
 			return
 		case <-t.C:
 		}
