@@ -259,30 +259,21 @@ func (t *Tracker) Refresh(ctx context.Context) (lapsed bool, err error) {
 	}
 	t.mu.Lock()
 	conns := make(map[string]string, len(t.conns))
-	var fresh map[string]string
+	settled := make(map[string]string, len(t.conns)-len(t.fresh))
+	fresh := make(map[string]string, len(t.fresh))
 	for m, u := range t.conns {
 		conns[m] = u
 		if t.fresh[m] {
-			if fresh == nil {
-				fresh = map[string]string{}
-			}
 			fresh[m] = u
+		} else {
+			settled[m] = u
 		}
 	}
 	t.refreshing = conns
 	t.mu.Unlock()
-	settled := conns
-	if fresh != nil {
-		settled = make(map[string]string, len(conns)-len(fresh))
-		for m, u := range conns {
-			if _, ok := fresh[m]; !ok {
-				settled[m] = u
-			}
-		}
-	}
 	expiry := t.cfg.Now().Add(t.cfg.TTL)
 	lapsed, err = t.cfg.Backend.Refresh(ctx, settled, expiry)
-	if fresh != nil {
+	if len(fresh) > 0 {
 		if _, ferr := t.cfg.Backend.Refresh(ctx, fresh, expiry); err == nil {
 			err = ferr
 		}
